@@ -1,0 +1,175 @@
+"""The sidecar's lifecycle: resources opened in order, loops in one TaskGroup, ordered stop.
+
+``Sidecar`` is an async context manager so tests and the demo run the real thing
+in-process; ``serve`` wraps it for the ``gateway serve`` command with signal handling.
+Shutdown order: health goes NOT_SERVING, the gRPC server drains in-flight calls, then
+the round desk and the broker links stop. A crashed loop ends the process non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from types import TracebackType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway.brokers import BrokerPool
+from gateway.config import GatewayConfig
+from gateway.detect import RoundDesk
+from gateway.election import Elector, LocalElector
+from gateway.service import SERVICE_NAME, GatewayService, overall_status
+from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+DRAIN_GRACE_S = 5.0
+
+
+def make_instance_id(table_code: str) -> str:
+    """Unique per sidecar process, so two pods never evict each other's MQTT sessions."""
+    return f"{table_code}-{secrets.token_hex(4)}"
+
+
+class Sidecar:
+    """One running sidecar: broker pool, round desk, gRPC server, health."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        listen: str = DEFAULT_LISTEN,
+        instance_id: str | None = None,
+        elector: Elector | None = None,
+    ) -> None:
+        self.config = config
+        self.instance_id = instance_id or make_instance_id(config.table.code)
+        self._listen = listen
+        self.elector = elector or LocalElector(config.timings)
+        # The pool and the desk refer to each other: frames flow pool -> desk, commands
+        # desk -> pool, and the elector must know whether a round is in flight.
+        self.pool = BrokerPool(
+            config.brokers,
+            topics=[config.table.response_topic],
+            instance_id=self.instance_id,
+            timings=config.timings,
+            elector=self.elector,
+            on_message=lambda broker, topic, payload: self.desk.on_message(broker, topic, payload),
+            busy=lambda: self.desk.busy,
+        )
+        self.desk = RoundDesk(config.table, self.pool, on_busy_change=self.pool.reevaluate)
+        self.elector.add_listener(self.desk.on_decision)
+        self.service = GatewayService(config, self.desk, self.pool, self.instance_id)
+        # aio is re-exported by grpc_health.v1.health at run time; the stubs lack it.
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._health_changed = asyncio.Event()
+        self._serving = asyncio.Event()
+        self.pool.add_listener(self._health_changed.set)
+
+    async def __aenter__(self) -> Sidecar:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self.service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = (
+            gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, server)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        try:
+            self.port = server.add_insecure_port(self._listen)
+        except RuntimeError as exc:
+            raise OSError(f"cannot listen on {self._listen}: {exc}") from exc
+        await server.start()
+        self._server = server
+        self._main = asyncio.create_task(self._run(), name="sidecar")
+        log.info(
+            "sidecar %s for table %s (%s) listening on %s; brokers: %s",
+            self.instance_id,
+            self.config.table.code,
+            self.config.table.game,
+            self.address,
+            ", ".join(f"{b.id} (priority {b.priority})" for b in self.config.brokers),
+        )
+        return self
+
+    @property
+    def address(self) -> str:
+        host = self._listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.pool.run(), name="broker-pool")
+            tasks.create_task(self.desk.run(), name="round-desk")
+            tasks.create_task(self._health_loop(), name="health")
+
+    async def _health_loop(self) -> None:
+        """Mirror readiness into grpc.health.v1: SERVING only with a ready active broker."""
+        last: int | None = None
+        while True:
+            self._health_changed.clear()
+            overall = overall_status(self.pool.statuses(), self.pool.decision())
+            if overall.grpc_health != last:
+                last = overall.grpc_health
+                for service in ("", SERVICE_NAME):
+                    await self.health.set(service, last)
+                if overall.serving:
+                    self._serving.set()
+                else:
+                    self._serving.clear()
+                log.info(
+                    "health %s: %s", "SERVING" if overall.serving else "NOT_SERVING", overall.reason
+                )
+            await self._health_changed.wait()
+
+    async def wait_serving(self) -> None:
+        """Wait until a broker is ready and active (health SERVING); callers bound it."""
+        await self._serving.wait()
+
+    async def wait(self) -> None:
+        """Wait until a loop crashes (raises) — normally forever."""
+        assert self._main is not None
+        await self._main
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(DRAIN_GRACE_S)
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._main
+        log.info("sidecar %s stopped", self.instance_id)
+
+
+async def serve(config: GatewayConfig, listen: str = DEFAULT_LISTEN) -> None:
+    """Run a sidecar until SIGTERM/SIGINT; raise if a loop crashes."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Sidecar(config, listen=listen) as sidecar:
+        stopper = asyncio.create_task(stop.wait(), name="signals")
+        crashed = asyncio.create_task(sidecar.wait(), name="loops")
+        done, _ = await asyncio.wait({stopper, crashed}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if crashed in done:
+            crashed.result()  # re-raise the crash: the process must exit non-zero
+        log.info("shutting down")

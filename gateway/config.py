@@ -1,0 +1,532 @@
+"""The sidecar's configuration: one frozen model, loaded once at the edge.
+
+Two file formats are accepted, both JSON:
+
+- the predecessor's per-table file, unchanged (``brokers[]`` with ``broker``/``port``/
+  ``username``/``password``/``priority`` and ``game_config``);
+- the gateway's own format (``"version": 1``), documented in ``docs/config.md``; it is
+  what the operator renders, so the schema exists once, here.
+
+Credentials may come from the file, from files (a mounted Kubernetes Secret) or from
+environment variables; a password written inside the config file logs a warning. A bad
+file fails with a ``ConfigError`` naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+from gateway.errors import ConfigError, InvalidRequest
+from gateway.protocol import Game, check_stream_url
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MAX_CONFIG_BYTES = 1024 * 1024
+_TOPIC_FORBIDDEN = re.compile(r"[+#\x00]")
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS towards one broker. Without ``ca_file`` the system trust store is used."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """One MQTT broker. Priority 1 is preferred; the id defaults to ``host:port``."""
+
+    id: str
+    host: str
+    port: int = 1883
+    priority: int = 1
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: TlsSettings | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """The one game table this sidecar serves."""
+
+    game: Game
+    code: str
+    command_topic: str
+    response_topic: str
+    shaker_listens: str | None = None
+    shaker_says: str | None = None
+    timeout_s: float = 10.0
+    retry_count: int = 3
+    retry_delay_s: float = 1.0
+    input_url: str | None = None
+    output_url: str | None = None
+
+
+@dataclass(frozen=True)
+class LinkTimings:
+    """Timers of the broker links and the active-broker decision (all in seconds)."""
+
+    keepalive_s: int = 5
+    operation_timeout_s: float = 2.0
+    probe_interval_s: float = 0.2
+    probe_timeout_s: float = 0.6
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 5.0
+    holddown_s: float = 30.0
+    holddown_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    """Where the shared active-broker record and statistics live (optional)."""
+
+    url: str | None = field(default=None, repr=False)
+    key_prefix: str = "studio-gateway"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything one sidecar needs: its table, its brokers and its timers."""
+
+    table: TableConfig
+    brokers: tuple[BrokerConfig, ...]
+    broker_group: str
+    timings: LinkTimings = LinkTimings()
+    redis: RedisConfig = RedisConfig()
+    environment: str = "production"
+    generation: int = 0
+    source: str = "<memory>"
+
+    def broker(self, broker_id: str) -> BrokerConfig:
+        for b in self.brokers:
+            if b.id == broker_id:
+                return b
+        raise KeyError(broker_id)
+
+
+def default_topics(table_code: str) -> tuple[str, str]:
+    """The studio's topic pattern for a table: command and response topics."""
+    return f"ikg/idp/{table_code}/command", f"ikg/idp/{table_code}/response"
+
+
+def derive_broker_group(brokers: tuple[BrokerConfig, ...]) -> str:
+    """A stable group id for tables sharing the same broker set."""
+    key = ",".join(sorted(b.address for b in brokers))
+    return "brokers-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read and validate a config file in either format."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: file is {len(raw)} bytes; at most {MAX_CONFIG_BYTES}")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{source}: not valid JSON: {exc}") from exc
+    return parse_config(doc, source=source, env=os.environ if env is None else env)
+
+
+def parse_config(doc: Any, *, source: str, env: Mapping[str, str]) -> GatewayConfig:
+    """Validate a decoded config document (either format) into the model."""
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: the top level must be a JSON object")
+    if "game_config" in doc and "version" not in doc:
+        return _parse_legacy(_Section(doc, "", source, strict=False), env)
+    return _parse_v1(_Section(doc, "", source, strict=True), env)
+
+
+def dump_config(config: GatewayConfig) -> dict[str, Any]:
+    """The gateway's own format for a config, without any secret values."""
+    t = config.table
+    table: dict[str, Any] = {
+        "game": t.game.value,
+        "code": t.code,
+        "command_topic": t.command_topic,
+        "response_topic": t.response_topic,
+        "timeout_s": t.timeout_s,
+        "retry_count": t.retry_count,
+        "retry_delay_s": t.retry_delay_s,
+    }
+    for key, value in (
+        ("shaker_listens", t.shaker_listens),
+        ("shaker_says", t.shaker_says),
+        ("input", t.input_url),
+        ("output", t.output_url),
+    ):
+        if value is not None:
+            table[key] = value
+    brokers = []
+    for b in config.brokers:
+        entry: dict[str, Any] = {"id": b.id, "host": b.host, "port": b.port, "priority": b.priority}
+        if b.tls is not None:
+            entry["tls"] = {k: v for k, v in vars(b.tls).items() if v not in (None, False)}
+        brokers.append(entry)
+    doc: dict[str, Any] = {
+        "version": FORMAT_VERSION,
+        "generation": config.generation,
+        "environment": config.environment,
+        "broker_group": config.broker_group,
+        "table": table,
+        "brokers": brokers,
+        "failover": dict(vars(config.timings)),
+        "redis": {"key_prefix": config.redis.key_prefix},
+    }
+    return doc
+
+
+# --- the two formats -----------------------------------------------------------------
+
+
+def _parse_v1(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
+    version = top.integer("version", lo=1, hi=FORMAT_VERSION)
+    del version
+    t = top.section("table")
+    table = _table(
+        t,
+        game=t.string("game"),
+        code=t.string("code"),
+        command_topic=t.opt_string("command_topic"),
+        response_topic=t.opt_string("response_topic"),
+        shaker_listens=t.opt_string("shaker_listens"),
+        shaker_says=t.opt_string("shaker_says"),
+        timeout_s=t.number("timeout_s", 10.0, lo=0.1, hi=600),
+        retry_count=t.integer("retry_count", 3, lo=1, hi=20),
+        retry_delay_s=t.number("retry_delay_s", 1.0, lo=0, hi=60),
+        input_url=t.opt_string("input"),
+        output_url=t.opt_string("output"),
+    )
+    t.done()
+    brokers = tuple(_broker_v1(b, env) for b in top.sections("brokers"))
+    _check_brokers(top, brokers)
+    timings = _timings(top.opt_section("failover"))
+    r = top.opt_section("redis")
+    redis = RedisConfig()
+    if r is not None:
+        url = r.opt_string("url")
+        url_env = r.opt_string("url_env")
+        if url_env:
+            url = env.get(url_env) or url
+        redis = RedisConfig(url=url, key_prefix=r.string("key_prefix", "studio-gateway"))
+        r.done()
+    group = top.opt_string("broker_group") or derive_broker_group(brokers)
+    config = GatewayConfig(
+        table=table,
+        brokers=brokers,
+        broker_group=group,
+        timings=timings,
+        redis=redis,
+        environment=top.string("environment", "production"),
+        generation=top.integer("generation", 0, lo=0, hi=2**62),
+        source=top.source,
+    )
+    top.done()
+    return config
+
+
+def _parse_legacy(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
+    g = top.section("game_config")
+    table = _table(
+        g,
+        game=g.string("game_type"),
+        code=g.string("game_code"),
+        command_topic=g.opt_string("command_topic"),
+        response_topic=g.opt_string("response_topic"),
+        shaker_listens=g.opt_string("shaker_topic"),
+        shaker_says=g.opt_string("status_topic"),
+        timeout_s=g.number("timeout", 10.0, lo=0.1, hi=600),
+        retry_count=g.integer("retry_count", 3, lo=1, hi=20),
+        retry_delay_s=g.number("retry_delay", 1.0, lo=0, hi=60),
+        input_url=g.opt_string("input_stream"),
+        output_url=g.opt_string("output_stream"),
+    )
+    brokers = []
+    for b in top.sections("brokers"):
+        host = _host(b, "broker")
+        port = b.integer("port", 1883, lo=1, hi=65535)
+        broker_id = f"{host}:{port}"
+        username, password = _credentials(b, broker_id, env)
+        brokers.append(
+            BrokerConfig(
+                id=broker_id,
+                host=host,
+                port=port,
+                priority=b.integer("priority", 1, lo=1, hi=1000),
+                username=username,
+                password=password,
+            )
+        )
+    frozen = tuple(brokers)
+    _check_brokers(top, frozen)
+    return GatewayConfig(
+        table=table,
+        brokers=frozen,
+        broker_group=derive_broker_group(frozen),
+        environment=top.string("environment", "production"),
+        source=top.source,
+    )
+
+
+def _table(s: _Section, **kw: Any) -> TableConfig:
+    try:
+        game = Game(kw["game"].lower())
+    except ValueError:
+        s.fail(
+            "game" if "game" in s.data else "game_type",
+            f"unknown game {kw['game']!r}; expected one of {', '.join(g.value for g in Game)}",
+        )
+    code = kw["code"]
+    if not _ID.match(code):
+        s.fail(
+            "code" if "code" in s.data else "game_code",
+            f"table code {code!r} must be 1-63 letters, digits, '.', '_', ':' or '-'",
+        )
+    command, response = default_topics(code)
+    kw["command_topic"] = _topic(s, "command_topic", kw["command_topic"] or command)
+    kw["response_topic"] = _topic(s, "response_topic", kw["response_topic"] or response)
+    for key in ("shaker_listens", "shaker_says"):
+        if kw[key] is not None:
+            kw[key] = _topic(s, key, kw[key])
+    for key, name in (("input_url", "input"), ("output_url", "output")):
+        if kw[key] is not None:
+            try:
+                check_stream_url(name, kw[key])
+            except InvalidRequest as exc:
+                s.fail(name, exc.message)
+    kw["game"], kw["code"] = game, code
+    return TableConfig(**kw)
+
+
+def _broker_v1(b: _Section, env: Mapping[str, str]) -> BrokerConfig:
+    host = _host(b, "host")
+    port = b.integer("port", 1883, lo=1, hi=65535)
+    broker_id = b.string("id", f"{host}:{port}")
+    if not _ID.match(broker_id):
+        b.fail("id", f"{broker_id!r} must be 1-63 letters, digits, '.', '_', ':' or '-'")
+    username, password = _credentials(b, broker_id, env)
+    tls = None
+    t = b.opt_section("tls")
+    if t is not None:
+        tls = TlsSettings(
+            ca_file=t.opt_string("ca_file"),
+            cert_file=t.opt_string("cert_file"),
+            key_file=t.opt_string("key_file"),
+            server_name=t.opt_string("server_name"),
+            insecure_skip_verify=t.boolean("insecure_skip_verify", False),
+        )
+        if (tls.cert_file is None) != (tls.key_file is None):
+            t.fail("cert_file", "cert_file and key_file must be given together")
+        t.done()
+    broker = BrokerConfig(
+        id=broker_id,
+        host=host,
+        port=port,
+        priority=b.integer("priority", 1, lo=1, hi=1000),
+        username=username,
+        password=password,
+        tls=tls,
+    )
+    b.done()
+    return broker
+
+
+def _credentials(
+    b: _Section, broker_id: str, env: Mapping[str, str]
+) -> tuple[str | None, str | None]:
+    """Username and password: explicit file/env references first, then the environment
+    (``GATEWAY_BROKER_<ID>_USERNAME`` / ``_PASSWORD``, then ``GATEWAY_BROKER_USERNAME`` /
+    ``_PASSWORD`` for every broker), then the values written in the file."""
+    found: list[str | None] = []
+    slug = re.sub(r"[^A-Z0-9]", "_", broker_id.upper())
+    directory = b.opt_string("credentials_dir")
+    for part in ("username", "password"):
+        inline = b.opt_string(part)
+        value: str | None = None
+        path = b.opt_string(f"{part}_file")
+        if path is None and directory is not None:
+            candidate = Path(directory) / part
+            path = str(candidate) if candidate.exists() else None
+        if path is not None:
+            try:
+                value = Path(path).read_text().strip()
+            except OSError as exc:
+                b.fail(f"{part}_file", f"cannot read {path}: {exc.strerror or exc}")
+        ref = b.opt_string(f"{part}_env")
+        if value is None and ref is not None:
+            if ref not in env:
+                b.fail(f"{part}_env", f"environment variable {ref} is not set")
+            value = env[ref]
+        if value is None:
+            value = env.get(f"GATEWAY_BROKER_{slug}_{part.upper()}") or env.get(
+                f"GATEWAY_BROKER_{part.upper()}"
+            )
+        if value is None and inline is not None:
+            value = inline
+            if part == "password" and inline:
+                log.warning(
+                    "%s: broker %s has its password written in the config file; "
+                    "prefer password_file or an environment variable",
+                    b.source,
+                    broker_id,
+                )
+        found.append(value or None)
+    return found[0], found[1]
+
+
+def _check_brokers(top: _Section, brokers: tuple[BrokerConfig, ...]) -> None:
+    if not brokers:
+        top.fail("brokers", "at least one broker is required")
+    seen: dict[str, int] = {}
+    for i, b in enumerate(brokers):
+        if b.id in seen:
+            top.fail(f"brokers[{i}]", f"duplicate broker id {b.id!r} (also brokers[{seen[b.id]}])")
+        seen[b.id] = i
+
+
+def _timings(s: _Section | None) -> LinkTimings:
+    if s is None:
+        return LinkTimings()
+    d = LinkTimings()
+    timings = LinkTimings(
+        keepalive_s=s.integer("keepalive_s", d.keepalive_s, lo=1, hi=3600),
+        operation_timeout_s=s.number("operation_timeout_s", d.operation_timeout_s, lo=0.05, hi=60),
+        probe_interval_s=s.number("probe_interval_s", d.probe_interval_s, lo=0.01, hi=60),
+        probe_timeout_s=s.number("probe_timeout_s", d.probe_timeout_s, lo=0.01, hi=60),
+        backoff_initial_s=s.number("backoff_initial_s", d.backoff_initial_s, lo=0.001, hi=60),
+        backoff_max_s=s.number("backoff_max_s", d.backoff_max_s, lo=0.001, hi=600),
+        holddown_s=s.number("holddown_s", d.holddown_s, lo=0, hi=3600),
+        holddown_max_s=s.number("holddown_max_s", d.holddown_max_s, lo=0, hi=86400),
+    )
+    if timings.backoff_max_s < timings.backoff_initial_s:
+        s.fail("backoff_max_s", "must be at least backoff_initial_s")
+    if timings.holddown_max_s < timings.holddown_s:
+        s.fail("holddown_max_s", "must be at least holddown_s")
+    s.done()
+    return timings
+
+
+def _host(s: _Section, key: str) -> str:
+    host = s.string(key)
+    if not host or any(c.isspace() or c in "/@" for c in host):
+        s.fail(key, f"{host!r} is not a host name or IP address")
+    return host
+
+
+def _topic(s: _Section, key: str, topic: str) -> str:
+    if not topic or len(topic) > 512 or _TOPIC_FORBIDDEN.search(topic):
+        s.fail(key, f"{topic!r} is not a publishable topic (no wildcards, 1-512 characters)")
+    return topic
+
+
+# --- typed field access with precise error messages ----------------------------------
+
+_MISSING: Any = object()
+
+
+class _Section:
+    """One JSON object of the config, read field by field; errors name file and field."""
+
+    def __init__(self, data: dict[str, Any], where: str, source: str, *, strict: bool) -> None:
+        self.data = data
+        self.where = where
+        self.source = source
+        self.strict = strict
+        self._read: set[str] = set()
+
+    def path(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, problem: str) -> NoReturn:
+        raise ConfigError(f"{self.source}: {self.path(key)}: {problem}")
+
+    def _get(self, key: str, default: Any) -> Any:
+        self._read.add(key)
+        if key in self.data and self.data[key] is not None:
+            return self.data[key]
+        if default is _MISSING:
+            self.fail(key, "is required")
+        return default
+
+    def string(self, key: str, default: Any = _MISSING) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str):
+            self.fail(key, f"must be a string, got {type(value).__name__}")
+        return value
+
+    def opt_string(self, key: str) -> str | None:
+        value = self._get(key, None)
+        if value is not None and not isinstance(value, str):
+            self.fail(key, f"must be a string, got {type(value).__name__}")
+        return value
+
+    def integer(self, key: str, default: Any = _MISSING, *, lo: int, hi: int) -> int:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(key, f"must be an integer, got {value!r}")
+        if not lo <= value <= hi:
+            self.fail(key, f"must be between {lo} and {hi}, got {value}")
+        return value
+
+    def number(self, key: str, default: Any = _MISSING, *, lo: float, hi: float) -> float:
+        value = self._get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.fail(key, f"must be a number, got {value!r}")
+        if not lo <= value <= hi:
+            self.fail(key, f"must be between {lo:g} and {hi:g}, got {value}")
+        return float(value)
+
+    def boolean(self, key: str, default: Any = _MISSING) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def section(self, key: str) -> _Section:
+        value = self._get(key, _MISSING)
+        if not isinstance(value, dict):
+            self.fail(key, f"must be an object, got {type(value).__name__}")
+        return _Section(value, self.path(key), self.source, strict=self.strict)
+
+    def opt_section(self, key: str) -> _Section | None:
+        return self.section(key) if self.data.get(key) is not None else self._get(key, None)
+
+    def sections(self, key: str) -> list[_Section]:
+        value = self._get(key, _MISSING)
+        if not isinstance(value, list):
+            self.fail(key, f"must be a list, got {type(value).__name__}")
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                self.fail(f"{key}[{i}]", f"must be an object, got {type(item).__name__}")
+            out.append(_Section(item, self.path(f"{key}[{i}]"), self.source, strict=self.strict))
+        return out
+
+    def done(self) -> None:
+        """Reject unknown fields (they are usually typos) in the strict format."""
+        unknown = sorted(set(self.data) - self._read)
+        if unknown and self.strict:
+            self.fail(unknown[0], "unknown field")
+        for key in unknown:
+            log.debug("%s: ignoring field %s", self.source, self.path(key))

@@ -1,0 +1,187 @@
+"""Who is the active broker: the decision the broker pool asks for, behind one interface.
+
+The pool never decides. It reports every change of its links to an ``Elector`` and asks
+it which broker commands go to. ``LocalElector`` decides alone, from this sidecar's own
+view (the embedded default, and the fallback when no shared record is reachable):
+
+- the active broker is the highest-priority ready broker;
+- a failed active broker is left at once for the best ready one;
+- moving back to a preferred broker (fail-back) waits until it has been ready for the
+  hold-down period, and never happens while a Detect is in flight on the table;
+- a flapping broker is damped: each failure within the damping window doubles its
+  hold-down, up to ``holddown_max_s``.
+
+A broker that has never failed (a fresh start) needs no hold-down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from gateway.config import LinkTimings
+
+log = logging.getLogger(__name__)
+
+
+class LinkState(StrEnum):
+    CONNECTING = "connecting"
+    READY = "ready"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class LinkStatus:
+    """A snapshot of one broker link, as the elector and Health see it."""
+
+    id: str
+    host: str
+    port: int
+    priority: int
+    state: LinkState
+    since: float  # monotonic time of the last state change
+    since_wall: float  # the same, as Unix time
+    failures: int
+    failure_times: tuple[float, ...]  # monotonic times of recent failures (damping)
+    probe_rtt_ms: float
+    last_error: str
+
+    @property
+    def ready(self) -> bool:
+        return self.state is LinkState.READY
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where commands go now, under which epoch, and why."""
+
+    broker_id: str | None
+    epoch: int = 0
+    reason: str = "no broker is ready yet"
+    decided_at: float = field(default_factory=time.monotonic)
+
+
+class Elector(Protocol):
+    """The seam between the broker pool and whoever decides the active broker."""
+
+    def current(self) -> Decision:
+        """The decision commands follow right now (never blocks)."""
+        ...
+
+    def update(self, links: Sequence[LinkStatus], busy: bool) -> None:
+        """The pool's view changed (a link state, or whether a Detect is in flight)."""
+        ...
+
+    def add_listener(self, callback: Callable[[Decision], None]) -> None:
+        """Call ``callback`` with every new decision."""
+        ...
+
+    async def run(self) -> None:
+        """Background work (timers, shared-record watch) until cancelled."""
+        ...
+
+
+def effective_holddown(link: LinkStatus, timings: LinkTimings, now: float) -> float:
+    """Hold-down for a broker, doubled for each failure inside the damping window."""
+    if link.failures == 0:
+        return 0.0
+    window = max(timings.holddown_max_s, timings.holddown_s) * 2
+    recent = sum(1 for t in link.failure_times if now - t <= window)
+    return min(timings.holddown_max_s, timings.holddown_s * 2.0 ** max(0, recent - 1))
+
+
+def decide(
+    links: Sequence[LinkStatus],
+    current: str | None,
+    busy: bool,
+    timings: LinkTimings,
+    now: float,
+) -> tuple[str | None, str, float | None]:
+    """The local rule. Returns (broker id, reason, when to look again or None)."""
+    ready = sorted((link for link in links if link.ready), key=lambda s: (s.priority, s.id))
+    if not ready:
+        return None, "no broker is ready", None
+    by_id = {link.id: link for link in links}
+    cur = by_id.get(current) if current else None
+    if cur is None or not cur.ready:
+        best = ready[0]
+        why = "started" if current is None else f"{current} is {cur.state if cur else 'gone'}"
+        return best.id, f"{why}: highest-priority ready broker {best.id}", None
+    recheck: float | None = None
+    for link in ready:
+        if (link.priority, link.id) >= (cur.priority, cur.id):
+            break
+        due = link.since + effective_holddown(link, timings, now)
+        if due > now:
+            recheck = due if recheck is None else min(recheck, due)
+            continue
+        if busy:
+            return cur.id, f"fail-back to {link.id} waits for the round in flight", None
+        held = now - link.since
+        return link.id, f"fail-back to preferred {link.id} after {held:.1f}s ready", None
+    return cur.id, _keep_reason(cur, recheck, now), recheck
+
+
+def _keep_reason(cur: LinkStatus, recheck: float | None, now: float) -> str:
+    if recheck is None:
+        return f"{cur.id} is the highest-priority ready broker"
+    return f"{cur.id} active; preferred broker in hold-down for {recheck - now:.1f}s more"
+
+
+class LocalElector:
+    """Decides alone, from this sidecar's view of its brokers (no shared record)."""
+
+    def __init__(self, timings: LinkTimings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._timings = timings
+        self._clock = clock
+        self._decision = Decision(None)
+        self._links: Sequence[LinkStatus] = ()
+        self._busy = False
+        self._listeners: list[Callable[[Decision], None]] = []
+        self._recheck: float | None = None
+        self._wake = asyncio.Event()
+
+    def current(self) -> Decision:
+        return self._decision
+
+    def add_listener(self, callback: Callable[[Decision], None]) -> None:
+        self._listeners.append(callback)
+
+    def update(self, links: Sequence[LinkStatus], busy: bool) -> None:
+        self._links, self._busy = links, busy
+        self._evaluate()
+
+    def _evaluate(self) -> None:
+        now = self._clock()
+        broker_id, reason, self._recheck = decide(
+            self._links, self._decision.broker_id, self._busy, self._timings, now
+        )
+        if self._recheck is not None:
+            self._wake.set()
+        if broker_id == self._decision.broker_id:
+            if reason != self._decision.reason:
+                self._decision = Decision(broker_id, 0, reason, self._decision.decided_at)
+            return
+        previous = self._decision.broker_id
+        self._decision = Decision(broker_id, 0, reason, now)
+        log.warning("active broker %s -> %s: %s", previous, broker_id, reason)
+        for callback in self._listeners:
+            callback(self._decision)
+
+    async def run(self) -> None:
+        """Re-evaluate when a hold-down expires (nothing else changes with time)."""
+        while True:
+            self._wake.clear()
+            if self._recheck is None:
+                await self._wake.wait()
+                continue
+            delay = max(0.0, self._recheck - self._clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay + 0.001)
+            except TimeoutError:
+                self._evaluate()

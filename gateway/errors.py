@@ -1,0 +1,89 @@
+"""The gateway's error tree: one class per way a Detect (or start-up) can fail.
+
+Every class carries the gRPC status code it maps to; `service.py` does that mapping
+in one place. Foreign exceptions (MqttError, RedisError, TimeoutError) are translated
+into these where the library is called, with ``raise ... from exc``.
+
+    GatewayError                      INTERNAL       (never raised itself)
+    ├── ConfigError                   FAILED_PRECONDITION  bad config file / field
+    ├── InvalidRequest                INVALID_ARGUMENT     caller mistake
+    ├── Unavailable                   UNAVAILABLE          temporary, retryable
+    │   └── NoBrokerAvailable                              no broker could carry the command
+    ├── DetectTimeout                 DEADLINE_EXCEEDED    no valid answer for the round in time
+    ├── IdpError                      FAILED_PRECONDITION  the IDP reported an error for the round
+    └── RoundSuperseded               ABORTED              a newer round replaced this one
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+    status: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Extra machine-readable details sent with the gRPC status."""
+        return (("gateway-error", type(self).__name__),)
+
+
+class ConfigError(GatewayError):
+    """A configuration file or field is invalid; the message names the file and field."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class InvalidRequest(GatewayError):
+    """The caller sent a request that can never succeed as it is."""
+
+    status = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Unavailable(GatewayError):
+    """A temporary failure: retrying later may succeed."""
+
+    status = grpc.StatusCode.UNAVAILABLE
+
+
+class NoBrokerAvailable(Unavailable):
+    """No broker was ready to carry a command."""
+
+
+class DetectTimeout(GatewayError):
+    """The IDP sent no valid result for the round before the deadline."""
+
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class IdpError(GatewayError):
+    """The IDP reported an error code for the round (e.g. -3 NO_SHAKE)."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+
+    def __init__(self, message: str, *, code: int, name: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.name = name
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (
+            *super().trailing_metadata(),
+            ("idp-err", str(self.code)),
+            ("idp-err-name", self.name),
+        )
+
+
+class RoundSuperseded(GatewayError):
+    """A Detect for a newer round on the same table replaced this one."""
+
+    status = grpc.StatusCode.ABORTED
+
+    def __init__(self, message: str, *, new_round_id: str) -> None:
+        super().__init__(message)
+        self.new_round_id = new_round_id

@@ -1,0 +1,251 @@
+"""The studio IDP wire format: encode commands, decode and classify response frames.
+
+Pure functions, no I/O. Every frame on a table's response topic is classified against
+the round being waited for, so the round logic in ``detect.py`` only ever sees one of:
+
+- ``Answer``: a valid, complete result for exactly this round;
+- ``IdpFailure``: the IDP reported an error code (other than -1) for this round;
+- ``NotYet``: ``err -1`` (with or without a round id) or an early empty frame;
+- ``Foreign``: a frame for another or an earlier round;
+- ``Invalid``: anything else (bad JSON, wrong types, out-of-range values, oversized).
+
+The contract is in the IDP protocol notes: a result is returned only when the IDP sent
+it for the round being waited for.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.errors import InvalidRequest
+
+MAX_FRAME_BYTES = 64 * 1024
+MAX_ROUND_ID_CHARS = 128
+MAX_URL_CHARS = 2048
+STREAM_SCHEMES = frozenset({"rtmp", "rtmps", "rtsp", "rtsps", "http", "https", "srt"})
+
+ERR_OK = 0
+ERR_NOT_YET = -1
+ERR_NAMES = {ERR_OK: "OK", ERR_NOT_YET: "NOT_YET", -3: "NO_SHAKE"}
+
+CARD_RANKS = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
+CARD_SUITS = ("C", "D", "H", "S")
+_CARD = re.compile(r"^(A|[2-9]|10|J|Q|K)[CDHS]$")
+BACCARAT_CARDS = 6
+BACCARAT_REQUIRED = 4
+
+
+class Game(StrEnum):
+    """The games the studio runs; the value is the spelling used in config files."""
+
+    SICBO = "sicbo"
+    BACCARAT = "baccarat"
+    ROULETTE = "roulette"
+
+
+def err_name(code: int) -> str:
+    """The documented name of an IDP error code, or UNKNOWN."""
+    return ERR_NAMES.get(code, "UNKNOWN")
+
+
+# --- results -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SicBoDice:
+    dice: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class RouletteNumber:
+    number: int
+
+
+@dataclass(frozen=True)
+class BaccaratHand:
+    """Cards in the order player1, banker1, player2, banker2, player3, banker3; "" = not dealt."""
+
+    cards: tuple[str, str, str, str, str, str]
+
+
+Result = SicBoDice | RouletteNumber | BaccaratHand
+
+
+# --- frame classes -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    round_id: str
+    result: Result
+
+
+@dataclass(frozen=True)
+class IdpFailure:
+    round_id: str
+    code: int
+
+    @property
+    def name(self) -> str:
+        return err_name(self.code)
+
+
+@dataclass(frozen=True)
+class NotYet:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Foreign:
+    round_id: str
+
+
+@dataclass(frozen=True)
+class Invalid:
+    reason: str
+
+
+Frame = Answer | IdpFailure | NotYet | Foreign | Invalid
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def encode_detect(game: Game, round_id: str, input_url: str, output_url: str | None) -> bytes:
+    """The ``detect`` command, with the keys the production devices read.
+
+    ``output`` is sent for SicBo only, as the devices expect.
+    """
+    arg: dict[str, str] = {"round_id": round_id, "input": input_url}
+    if game is Game.SICBO and output_url:
+        arg["output"] = output_url
+    return json.dumps({"command": "detect", "arg": arg}, separators=(",", ":")).encode()
+
+
+def encode_timeout() -> bytes:
+    """The ``timeout`` command that stops the running detection."""
+    return b'{"command":"timeout","arg":{}}'
+
+
+# --- request validation --------------------------------------------------------------
+
+
+def check_round_id(round_id: str) -> str:
+    """Return the round id if it is usable on the wire, else raise InvalidRequest."""
+    if not round_id:
+        raise InvalidRequest("round_id is required")
+    if len(round_id) > MAX_ROUND_ID_CHARS:
+        raise InvalidRequest(
+            f"round_id is {len(round_id)} characters long; at most {MAX_ROUND_ID_CHARS} allowed"
+        )
+    if not round_id.isprintable() or round_id != round_id.strip():
+        raise InvalidRequest(
+            "round_id must be printable characters without leading/trailing whitespace: "
+            f"{round_id!r}"
+        )
+    return round_id
+
+
+def check_stream_url(field: str, url: str) -> str:
+    """Return the stream URL if it is plausible, else raise InvalidRequest naming the field."""
+    if len(url) > MAX_URL_CHARS:
+        raise InvalidRequest(f"{field} is {len(url)} characters long; at most {MAX_URL_CHARS}")
+    if not url.isprintable() or any(c.isspace() for c in url):
+        raise InvalidRequest(f"{field} contains whitespace or control characters: {url!r}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:
+        raise InvalidRequest(f"{field} is not a URL: {url!r} ({exc})") from exc
+    if parts.scheme.lower() not in STREAM_SCHEMES or not parts.netloc:
+        schemes = ", ".join(sorted(STREAM_SCHEMES))
+        raise InvalidRequest(f"{field} must be an absolute {schemes} URL, got {url!r}")
+    return url
+
+
+# --- frame classification ------------------------------------------------------------
+
+
+def classify(game: Game, payload: bytes, round_id: str) -> Frame:
+    """Classify one response frame against the round being waited for."""
+    if len(payload) > MAX_FRAME_BYTES:
+        return Invalid(f"frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
+    try:
+        doc = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Invalid(f"not JSON: {exc}")
+    if not isinstance(doc, dict):
+        return Invalid(f"frame is a JSON {type(doc).__name__}, not an object")
+    if doc.get("response") != "result":
+        return Invalid(f"unknown response {doc.get('response')!r}")
+    arg = doc.get("arg")
+    if not isinstance(arg, dict):
+        return Invalid("arg is missing or not an object")
+    err = arg.get("err")
+    if isinstance(err, bool) or not isinstance(err, int):
+        return Invalid(f"err is not an integer: {err!r}")
+    frame_round = arg.get("round_id")
+    if frame_round is None:
+        if err == ERR_NOT_YET:
+            return NotYet("err -1 without round_id")
+        return Invalid(f"frame with err {err} has no round_id")
+    if not isinstance(frame_round, str):
+        return Invalid(f"round_id is not a string: {frame_round!r}")
+    if frame_round != round_id:
+        return Foreign(frame_round)
+    if err == ERR_NOT_YET:
+        return NotYet("err -1")
+    if err != ERR_OK:
+        return IdpFailure(round_id, err)
+    return _classify_result(game, round_id, arg.get("res"))
+
+
+def _classify_result(game: Game, round_id: str, res: Any) -> Frame:
+    if res is None or res == []:
+        return NotYet("empty result")
+    if game is Game.SICBO:
+        return _sicbo(round_id, res)
+    if game is Game.ROULETTE:
+        return _roulette(round_id, res)
+    return _baccarat(round_id, res)
+
+
+def _sicbo(round_id: str, res: Any) -> Frame:
+    if not isinstance(res, list) or len(res) != 3:
+        return Invalid(f"sicbo res must be 3 dice, got {_short(res)}")
+    if not all(_is_int(d) and 1 <= d <= 6 for d in res):
+        return Invalid(f"sicbo dice must be integers 1..6, got {_short(res)}")
+    return Answer(round_id, SicBoDice((res[0], res[1], res[2])))
+
+
+def _roulette(round_id: str, res: Any) -> Frame:
+    if not _is_int(res) or not 0 <= res <= 36:
+        return Invalid(f"roulette res must be an integer 0..36, got {_short(res)}")
+    return Answer(round_id, RouletteNumber(res))
+
+
+def _baccarat(round_id: str, res: Any) -> Frame:
+    if not isinstance(res, list) or len(res) != BACCARAT_CARDS:
+        return Invalid(f"baccarat res must be {BACCARAT_CARDS} cards, got {_short(res)}")
+    if not all(isinstance(c, str) and (c == "" or _CARD.match(c)) for c in res):
+        return Invalid(f'baccarat cards must be rank+suit or "", got {_short(res)}')
+    if not any(res):
+        return NotYet("no cards yet")
+    if not all(res[:BACCARAT_REQUIRED]):
+        return NotYet("fewer than the first 4 cards")
+    c = tuple(res)
+    return Answer(round_id, BaccaratHand((c[0], c[1], c[2], c[3], c[4], c[5])))
+
+
+def _is_int(value: Any) -> bool:
+    # JSON true/false decode to bool, which is an int subclass: not a valid number here.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

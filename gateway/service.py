@@ -1,0 +1,196 @@
+"""The gRPC edge: ``GatewayService`` (proto <-> domain, errors <-> status) and health.
+
+Thin on purpose: the round logic lives in ``detect.py``, the broker logic in
+``brokers.py``. Every GatewayError maps to its gRPC status here, in one place, with
+trailing metadata naming the error (and the IDP code for IDP errors). One summary log
+line per Detect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health_pb2
+
+from gateway.brokers import BrokerPool
+from gateway.config import GatewayConfig
+from gateway.detect import Counters, DetectOutcome, RoundDesk
+from gateway.election import Decision, LinkState, LinkStatus
+from gateway.errors import GatewayError
+from gateway.protocol import BaccaratHand, Game, RouletteNumber, SicBoDice
+from gateway.v1 import gateway_pb2 as pb
+from gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "gateway.v1.GatewayService"
+DEADLINE_MARGIN_S = 0.05  # answer DEADLINE_EXCEEDED ourselves, with details, before the client does
+
+GAME_TO_PROTO = {
+    Game.SICBO: pb.GAME_SICBO,
+    Game.BACCARAT: pb.GAME_BACCARAT,
+    Game.ROULETTE: pb.GAME_ROULETTE,
+}
+_STATE_TO_PROTO = {
+    LinkState.CONNECTING: pb.BROKER_STATE_CONNECTING,
+    LinkState.READY: pb.BROKER_STATE_READY,
+    LinkState.DOWN: pb.BROKER_STATE_DOWN,
+}
+
+
+@dataclass(frozen=True)
+class Overall:
+    """The sidecar's overall status and why."""
+
+    status: pb.HealthResponse.Status.ValueType
+    reason: str
+
+    @property
+    def serving(self) -> bool:
+        return bool(self.status != pb.HealthResponse.NOT_SERVING)
+
+    @property
+    def grpc_health(self) -> int:
+        if self.serving:
+            return int(health_pb2.HealthCheckResponse.SERVING)
+        return int(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def overall_status(links: Sequence[LinkStatus], decision: Decision) -> Overall:
+    """SERVING with an active ready broker; DEGRADED if some broker is not ready."""
+    if decision.broker_id is None:
+        return Overall(pb.HealthResponse.NOT_SERVING, decision.reason)
+    down = [
+        f"{s.id} {s.state}" + (f" ({s.last_error})" if s.last_error else "")
+        for s in links
+        if not s.ready
+    ]
+    if down:
+        return Overall(
+            pb.HealthResponse.DEGRADED,
+            f"active {decision.broker_id} ({decision.reason}); not ready: {'; '.join(down)}",
+        )
+    return Overall(pb.HealthResponse.SERVING, f"active {decision.broker_id}: {decision.reason}")
+
+
+def result_to_proto(outcome: DetectOutcome, config: GatewayConfig) -> pb.DetectResponse:
+    response = pb.DetectResponse(
+        round_id=outcome.round_id,
+        broker_id=outcome.broker_id,
+        epoch=outcome.epoch,
+        elapsed_ms=outcome.elapsed_ms,
+        frames_seen=outcome.frames_seen,
+        publishes=outcome.publishes,
+        table_code=config.table.code,
+        game=GAME_TO_PROTO[config.table.game],
+    )
+    result = outcome.result
+    if isinstance(result, SicBoDice):
+        response.sicbo.dice.extend(result.dice)
+    elif isinstance(result, RouletteNumber):
+        response.roulette.number = result.number
+    elif isinstance(result, BaccaratHand):
+        response.baccarat.cards.extend(result.cards)
+    return response
+
+
+def counters_to_proto(c: Counters) -> pb.Counters:
+    return pb.Counters(**vars(c))
+
+
+class GatewayService(pb_grpc.GatewayServiceServicer):
+    """Detect and Health for the one table this sidecar serves."""
+
+    def __init__(
+        self, config: GatewayConfig, desk: RoundDesk, pool: BrokerPool, instance_id: str
+    ) -> None:
+        self.config = config
+        self._desk = desk
+        self._pool = pool
+        self._instance_id = instance_id
+
+    async def Detect(
+        self, request: pb.DetectRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.DetectResponse:
+        table = self._desk.table
+        remaining = context.time_remaining()
+        timeout = table.timeout_s if remaining is None else remaining - DEADLINE_MARGIN_S
+        started = time.monotonic()
+        outcome_name = "cancelled"
+        try:
+            outcome = await self._desk.detect(
+                request.round_id, request.input or None, request.output or None, timeout
+            )
+            outcome_name = "ok"
+            log.info(
+                "detect table=%s round=%s outcome=ok broker=%s epoch=%d elapsed_ms=%.1f "
+                "frames=%d publishes=%d",
+                table.code,
+                request.round_id,
+                outcome.broker_id,
+                outcome.epoch,
+                outcome.elapsed_ms,
+                outcome.frames_seen,
+                outcome.publishes,
+            )
+            return result_to_proto(outcome, self.config)
+        except GatewayError as exc:
+            outcome_name = type(exc).__name__
+            log.info(
+                "detect table=%s round=%r outcome=%s elapsed_ms=%.1f: %s",
+                table.code,
+                request.round_id,
+                outcome_name,
+                (time.monotonic() - started) * 1000,
+                exc.message,
+            )
+            await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
+            raise  # abort() raises; this line is never reached
+        finally:
+            if outcome_name == "cancelled":
+                log.info(
+                    "detect table=%s round=%r outcome=cancelled by the caller",
+                    table.code,
+                    request.round_id,
+                )
+
+    async def Health(
+        self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.HealthResponse:
+        return self.health()
+
+    def health(self) -> pb.HealthResponse:
+        links = self._pool.statuses()
+        decision = self._pool.decision()
+        overall = overall_status(links, decision)
+        return pb.HealthResponse(
+            status=overall.status,
+            reason=overall.reason,
+            table_code=self._desk.table.code,
+            game=GAME_TO_PROTO[self._desk.table.game],
+            active_broker_id=decision.broker_id or "",
+            epoch=decision.epoch,
+            brokers=[
+                pb.BrokerHealth(
+                    id=s.id,
+                    host=s.host,
+                    port=s.port,
+                    priority=s.priority,
+                    connected=s.ready,
+                    state=_STATE_TO_PROTO[s.state],
+                    state_since_unix=s.since_wall,
+                    failures=s.failures,
+                    probe_rtt_ms=s.probe_rtt_ms,
+                    last_error=s.last_error,
+                    active=s.id == decision.broker_id,
+                )
+                for s in links
+            ],
+            counters=counters_to_proto(self._desk.counters),
+            instance_id=self._instance_id,
+            config_generation=self.config.generation,
+        )
