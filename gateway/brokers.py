@@ -33,6 +33,7 @@ from gateway.election import Decision, Elector, LinkState, LinkStatus
 from gateway.errors import NoBrokerAvailable
 
 log = logging.getLogger(__name__)
+_mqtt_log = logging.getLogger(__name__ + ".mqtt")  # paho packet traces, quiet by default
 
 MessageHandler = Callable[[str, str, bytes], None]
 """Called with (broker id, topic, payload) for every message on a subscribed topic."""
@@ -246,7 +247,7 @@ class BrokerLink:
             socket_options=_NODELAY,
             tls_context=_tls_context(b),
             clean_session=True,
-            logger=log,
+            logger=_mqtt_log,
         )
         async with client:
             granted = await client.subscribe(
