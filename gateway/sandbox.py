@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ctypes
 import hashlib
 import ipaddress
 import logging
@@ -22,7 +21,6 @@ import secrets
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import weakref
 from collections.abc import Mapping, Sequence
@@ -37,7 +35,6 @@ HOST = "127.0.0.1"
 _READY_TIMEOUT = 5.0  # seconds to wait for a started server to listen
 _STOP_TIMEOUT = 5.0  # seconds to wait for SIGTERM/SIGKILL to take effect
 _POLL = 0.01
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 class SandboxError(RuntimeError):
@@ -155,10 +152,14 @@ async def _accepts(port: int) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    """Run in the child between fork and exec: ask the kernel to SIGKILL it when we die."""
-    if _LIBC is not None:
-        _LIBC.prctl(1, int(signal.SIGKILL))  # 1 == PR_SET_PDEATHSIG
+def _die_with_parent(argv: list[str]) -> list[str]:
+    """Have the kernel SIGKILL the child when we die (util-linux ``setpriv``, if present).
+
+    Done by exec'ing through ``setpriv`` rather than a ``preexec_fn``, which is unsafe
+    once gRPC's threads are running.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 class _Slot:
@@ -251,8 +252,8 @@ class _ServerProcess:
         try:
             # A new session: a Ctrl-C meant for us must not reach the server directly.
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=self._workdir,
-                preexec_fn=_die_with_parent, start_new_session=True,
+                *_die_with_parent(argv), stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
+                cwd=self._workdir, start_new_session=True,
             )  # fmt: skip
         finally:
             os.close(out)

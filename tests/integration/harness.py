@@ -1,0 +1,140 @@
+"""A whole stack for a test: real brokers, the device simulator, a real sidecar and client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import aiomqtt
+
+from gateway.app import Sidecar
+from gateway.cli import sim_devices
+from gateway.client import GatewayClient
+from gateway.config import GatewayConfig, parse_config
+from gateway.protocol import BaccaratHand, Result, RouletteNumber, SicBoDice
+from gateway.sandbox import MosquittoProcess
+from gateway.sim import Behaviour, IdpSimulator, derive_result
+
+# Short timers so fault tests run in seconds (production defaults are in LinkTimings).
+FAST_FAILOVER = {
+    "keepalive_s": 2,
+    "operation_timeout_s": 1.0,
+    "probe_interval_s": 0.1,
+    "probe_timeout_s": 0.4,
+    "backoff_initial_s": 0.02,
+    "backoff_max_s": 0.3,
+    "holddown_s": 1.0,
+    "holddown_max_s": 4.0,
+}
+CODES = {"sicbo": "SBO-001", "baccarat": "BAC-001", "roulette": "ARO-001"}
+INPUT = "rtmp://192.0.2.50:1935/live/r10_sr"
+OUTPUT = "https://example.invalid/live/r456_dice.flv"
+
+
+def make_config(
+    brokers: Sequence[MosquittoProcess],
+    game: str = "roulette",
+    code: str | None = None,
+    failover: dict[str, Any] | None = None,
+    **table: Any,
+) -> GatewayConfig:
+    """A config in the gateway's own format for one table on the given brokers."""
+    code = code or CODES[game]
+    doc = {
+        "version": 1,
+        "table": {
+            "game": game,
+            "code": code,
+            "input": INPUT,
+            "timeout_s": 5,
+            "retry_count": 3,
+            "retry_delay_s": 0.2,
+            **({"output": OUTPUT} if game == "sicbo" else {}),
+            **table,
+        },
+        "brokers": [
+            {"id": f"b{i + 1}", "host": b.host, "port": b.port, "priority": i + 1}
+            for i, b in enumerate(brokers)
+        ],
+        "failover": {**FAST_FAILOVER, **(failover or {})},
+    }
+    return parse_config(doc, source="<test>", env={})
+
+
+def expected(game: str, round_id: str) -> Result:
+    """The result the simulated IDP sends for a round, as the client types it."""
+    res: Any = derive_result(game, round_id)
+    if game == "sicbo":
+        return SicBoDice(tuple(res))
+    if game == "roulette":
+        return RouletteNumber(res)
+    return BaccaratHand(tuple(res))
+
+
+class Stack:
+    """Brokers (started by the caller), simulator, sidecar and client for one table."""
+
+    def __init__(
+        self,
+        brokers: Sequence[MosquittoProcess],
+        game: str = "roulette",
+        behaviour: Behaviour | None = None,
+        *,
+        config: GatewayConfig | None = None,
+        sim_brokers: Sequence[MosquittoProcess] | None = None,
+        **table: Any,
+    ) -> None:
+        self.brokers = list(brokers)
+        self.config = config or make_config(brokers, game, **table)
+        self.game = self.config.table.game.value
+        self.code = self.config.table.code
+        sim_configs = self.config
+        if sim_brokers is not None:
+            sim_configs = make_config(sim_brokers, self.game, self.code, **table)
+        devices, tables = sim_devices([sim_configs])
+        self.sim = IdpSimulator(devices, tables, behaviour or Behaviour(delay_s=0.02))
+        self._stack = contextlib.AsyncExitStack()
+        self.sidecar = Sidecar(self.config, listen="127.0.0.1:0")
+        self.client: GatewayClient
+
+    async def __aenter__(self) -> Stack:
+        sim_task = asyncio.create_task(self.sim.run(), name="sim")
+
+        async def stop_sim() -> None:
+            sim_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sim_task
+
+        self._stack.push_async_callback(stop_sim)
+        await self.sim.wait_connected()
+        await self._stack.enter_async_context(self.sidecar)
+        async with asyncio.timeout(10):
+            await self.sidecar.wait_serving()
+        self.client = await self._stack.enter_async_context(GatewayClient(self.sidecar.address))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    def behave(self, **kw: Any) -> None:
+        """Script the table's IDP for its next detect."""
+        self.sim.set_behaviour(self.code, Behaviour(**kw))
+
+    def commands(self, name: str | None = None) -> list[Any]:
+        return [
+            c.payload
+            for c in self.sim.commands
+            if c.table_code == self.code and (name is None or c.command == name)
+        ]
+
+    async def inject(self, broker: MosquittoProcess, payload: bytes) -> None:
+        """Publish a raw frame on the table's response topic, as a device would."""
+        async with aiomqtt.Client(
+            broker.host,
+            broker.port,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        ) as c:
+            await c.publish(self.config.table.response_topic, payload, qos=1)
