@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiomqtt
+import grpc
 
 from gateway.app import Sidecar
 from gateway.cli import sim_devices
@@ -138,3 +139,18 @@ class Stack:
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         ) as c:
             await c.publish(self.config.table.response_topic, payload, qos=1)
+
+
+async def wait_health(address: str, status: str, service: str = "") -> None:
+    """Wait (via grpc.health.v1 Watch, no polling) until the sidecar reports ``status``."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    want = health_pb2.HealthCheckResponse.ServingStatus.Value(status)
+    async with grpc.aio.insecure_channel(address) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=service), wait_for_ready=True
+        )
+        async for update in stream:
+            if update.status == want:
+                stream.cancel()
+                return

@@ -208,16 +208,14 @@ async def test_invalid_requests_are_rejected_before_publishing(
 ) -> None:
     """Bad round ids and URLs get INVALID_ARGUMENT naming the field; nothing is published."""
     async with Stack([broker], "sicbo") as s:
-        err = await rpc_error(
-            s.client.detect(round_id, input_url=input_url, output_url=output_url)
-        )
+        err = await rpc_error(s.client.detect(round_id, input_url=input_url, output_url=output_url))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert names in (err.details() or "")
         assert s.commands() == []
 
 
 async def test_no_broker_is_unavailable_fast(broker: MosquittoProcess) -> None:
-    """With every broker down, Detect fails with UNAVAILABLE after its retries, not at the deadline."""
+    """All brokers down: UNAVAILABLE after the retries, not at the deadline."""
     async with Stack([broker], "roulette", retry_count=2, retry_delay_s=0.1) as s:
         await broker.kill()
         err = await rpc_error(s.client.detect("ARO-001-r1", deadline_s=20))

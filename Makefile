@@ -1,0 +1,21 @@
+# Two entry points: `make demo` (the main job on an embedded default) and `make test`.
+VENV ?= .venv
+STAMP := $(VENV)/.bootstrapped
+
+.PHONY: demo test bench clean
+
+demo: $(STAMP)
+	$(VENV)/bin/gateway demo
+
+test: $(STAMP)
+	VENV=$(VENV) scripts/check
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/detect_overhead.py
+
+$(STAMP): pyproject.toml scripts/bootstrap
+	VENV=$(VENV) scripts/bootstrap
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info

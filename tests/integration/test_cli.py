@@ -1,0 +1,213 @@
+"""The ``gateway`` command and standard tools (grpcurl) against a real sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.sandbox import MosquittoProcess
+from tests.integration.harness import Stack, expected, wait_health
+
+GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+
+
+async def run(*argv: str, limit_s: float = 30) -> tuple[int, str, str]:
+    """Run a command; return (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), limit_s)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def gateway(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", *args]
+
+
+async def test_grpcurl_uses_reflection_and_health_with_no_proto_files(
+    broker: MosquittoProcess,
+) -> None:
+    """grpcurl lists the services, calls Detect and grpc.health.v1 with no .proto at hand."""
+    async with Stack([broker], "roulette") as s:
+        addr = s.sidecar.address
+        code, out, _ = await run(GRPCURL, "-plaintext", addr, "list")
+        assert code == 0
+        assert {"gateway.v1.GatewayService", "grpc.health.v1.Health"} <= set(out.split())
+        for service in ("", "gateway.v1.GatewayService"):
+            body = json.dumps({"service": service})
+            code, out, _ = await run(
+                GRPCURL, "-plaintext", "-d", body, addr, "grpc.health.v1.Health/Check"
+            )
+            assert code == 0 and json.loads(out)["status"] == "SERVING"
+        body = json.dumps({"round_id": "ARO-001-grpcurl"})
+        code, out, err = await run(
+            GRPCURL, "-plaintext", "-d", body, addr, "gateway.v1.GatewayService/Detect"
+        )
+        assert code == 0, err
+        doc = json.loads(out)
+        assert doc["round_id"] == "ARO-001-grpcurl"  # grpcurl prints proto field names
+        assert doc["roulette"].get("number", 0) == expected("roulette", "ARO-001-grpcurl").number  # type: ignore[union-attr]
+
+
+async def test_standard_health_follows_the_brokers(broker: MosquittoProcess) -> None:
+    """grpc.health.v1 says NOT_SERVING while no broker is ready and SERVING once one is."""
+    async with Stack([broker], "roulette") as s:
+        addr = s.sidecar.address
+        await broker.kill()
+        async with asyncio.timeout(5):
+            await wait_health(addr, "NOT_SERVING")
+        _, out, _ = await run(GRPCURL, "-plaintext", addr, "grpc.health.v1.Health/Check")
+        assert json.loads(out)["status"] == "NOT_SERVING"
+        await broker.restart()
+        async with asyncio.timeout(10):
+            await wait_health(addr, "SERVING")
+        _, out, _ = await run(GRPCURL, "-plaintext", addr, "grpc.health.v1.Health/Check")
+        assert json.loads(out)["status"] == "SERVING"
+        d = await s.client.detect("ARO-001-after-restart")
+        assert d.result == expected("roulette", "ARO-001-after-restart")
+
+
+async def test_cli_detect_and_health(broker: MosquittoProcess) -> None:
+    """`gateway detect` prints the result; `gateway health` the brokers and counters."""
+    async with Stack([broker], "sicbo") as s:
+        addr = s.sidecar.address
+        code, out, err = await run(*gateway("detect", "--target", addr, "--round-id", "SBO-001-c1"))
+        assert code == 0, err
+        dice = " ".join(str(d) for d in expected("sicbo", "SBO-001-c1").dice)  # type: ignore[union-attr]
+        assert f"dice {dice}" in out
+        code, out, _ = await run(
+            *gateway("detect", "--target", addr, "--round-id", "SBO-001-c2", "--json")
+        )
+        assert code == 0 and len(json.loads(out)["sicbo"]["dice"]) == 3
+        code, out, _ = await run(*gateway("health", "--target", addr))
+        assert code == 0
+        assert "SERVING" in out and "detects ok 2" in out
+        code, out, _ = await run(*gateway("health", "--target", addr, "--json"))
+        assert json.loads(out)["activeBrokerId"] == "b1"
+
+
+async def test_cli_detect_reports_errors_with_a_nonzero_exit(broker: MosquittoProcess) -> None:
+    """A failing Detect prints the status and the IDP code and exits non-zero."""
+    async with Stack([broker], "sicbo") as s:
+        s.behave(answer="error", err=-3)
+        code, _, err = await run(
+            *gateway("detect", "--target", s.sidecar.address, "--round-id", "SBO-001-e1")
+        )
+        assert code == 1
+        assert "FAILED_PRECONDITION" in err and "'idp-err': '-3'" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "names"),
+    [
+        ("{not json", "not valid JSON"),
+        (
+            '{"brokers": [], "game_config": {"game_type": "sicbo", "game_code": "SBO-001"}}',
+            "brokers: at least one broker",
+        ),
+        (
+            '{"brokers": [{"broker": "h", "port": 99999}], "game_config": '
+            '{"game_type": "sicbo", "game_code": "SBO-001"}}',
+            "brokers[0].port",
+        ),
+        (
+            '{"brokers": [{"broker": "h"}], "game_config": {"game_type": "poker", '
+            '"game_code": "X-1"}}',
+            "game_config.game_type: unknown game 'poker'",
+        ),
+    ],
+)
+async def test_serve_with_a_bad_config_names_file_and_field(
+    tmp_path: Path, content: str, names: str
+) -> None:
+    """`gateway serve` refuses a bad file at start, naming the file and the field."""
+    path = tmp_path / "table.json"
+    path.write_text(content)
+    code, _, err = await run(*gateway("serve", "--config", str(path)))
+    assert code == 2
+    assert str(path) in err and names in err
+
+
+async def test_serve_runs_the_predecessor_file_unchanged(
+    broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """`gateway serve` on the predecessor's per-table file serves Detect over gRPC."""
+    legacy = {
+        "brokers": [
+            {
+                "broker": "127.0.0.1",
+                "port": broker.port,
+                "username": "PFC",
+                "password": "wago",
+                "priority": 1,
+            }
+        ],
+        "game_config": {
+            "game_type": "roulette",
+            "game_code": "ARO-001",
+            "command_topic": "ikg/idp/ARO-001/command",
+            "response_topic": "ikg/idp/ARO-001/response",
+            "timeout": 10,
+            "retry_count": 3,
+            "retry_delay": 1.0,
+        },
+        "environment": "development",
+    }
+    path = tmp_path / "aro.json"
+    path.write_text(json.dumps(legacy))
+    from gateway.sandbox import free_port
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *gateway(
+            "--log-format", "json", "serve", "--config", str(path), "--listen", f"127.0.0.1:{port}"
+        ),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with Stack([broker], "roulette") as s:  # the simulator; its own sidecar too
+            async with asyncio.timeout(10):
+                await wait_health(f"127.0.0.1:{port}", "SERVING")
+            code, out, err = await run(
+                *gateway(
+                    "detect",
+                    "--target",
+                    f"127.0.0.1:{port}",
+                    "--round-id",
+                    "ARO-001-x",
+                    "--input",
+                    "rtmp://192.0.2.50/live/x",
+                )
+            )
+            assert code == 0, err
+            assert f"number {expected('roulette', 'ARO-001-x').number}" in out  # type: ignore[union-attr]
+            assert s.sim.commands  # the simulated IDP really saw the command
+    finally:
+        proc.terminate()
+        _, logs = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0  # SIGTERM is an orderly shutdown
+    lines = [json.loads(line) for line in logs.decode().splitlines() if line.startswith("{")]
+    assert any("password written in the config file" in rec["message"] for rec in lines)
+    assert not any("wago" in line for line in logs.decode().splitlines())
+
+
+async def test_demo_runs_detects_for_all_three_games() -> None:
+    """`gateway demo --once` starts its own brokers and prints one real result per game."""
+    code, out, err = await run(*gateway("demo", "--once", "--port", "0"), limit_s=60)
+    assert code == 0, err
+    for marker in (
+        "SBO-001 round SBO-001-demo-1: dice",
+        "BAC-001 round BAC-001-demo-1: cards",
+        "ARO-001 round ARO-001-demo-1: number",
+    ):
+        assert marker in out
