@@ -28,9 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gateway",
         description="gRPC sidecar that gets round results from the studio's IDPs over MQTT.",
     )
-    parser.add_argument(
-        "--log-level", help="DEBUG, INFO, WARNING (default INFO; WARNING for demo)"
-    )
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO; WARNING for demo)")
     parser.add_argument(
         "--log-format",
         choices=("auto", "json", "text"),
