@@ -108,6 +108,14 @@ class _ServerNameContext(ssl.SSLContext):
         return super().wrap_socket(sock, *args, **kwargs)
 
 
+def _raise_if_cancelled() -> None:
+    """Honour a cancellation that Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt)
+    swallows when the awaited future completes in the same loop step (fixed in 3.12)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _refused(code: object) -> bool:
     """A SUBACK entry that refuses the subscription (0x80 and above)."""
     if isinstance(code, ReasonCode):
@@ -223,8 +231,8 @@ class BrokerLink:
                 started = time.monotonic()
                 try:
                     await self._session()
-                except* (aiomqtt.MqttError, ProbeMissed, OSError) as group:
-                    self._mark_down(group.exceptions[0])
+                except (aiomqtt.MqttError, ProbeMissed, OSError) as exc:
+                    self._mark_down(exc)
                 if time.monotonic() - started > t.backoff_max_s * 2:
                     attempt = 0  # it was up for a while: start the backoff over
                 delay = min(t.backoff_max_s, t.backoff_initial_s * 2.0**attempt)
@@ -250,6 +258,7 @@ class BrokerLink:
             logger=_mqtt_log,
         )
         async with client:
+            _raise_if_cancelled()
             granted = await client.subscribe(
                 [(topic, 1) for topic in self._topics] + [(self._probe_topic, 0)]
             )
@@ -257,13 +266,22 @@ class BrokerLink:
             refused = [t for t, code in zip(topics, granted, strict=False) if _refused(code)]
             if refused:
                 raise aiomqtt.MqttError(f"subscription refused by the broker for {refused}")
+            _raise_if_cancelled()
             self._client = client
+            # Not a TaskGroup: on Python 3.11 a child failing while the group waits in
+            # __aexit__ leaves the parent task with a pending cancel request, which later
+            # swallows a real cancellation of this long-lived loop.
+            read = asyncio.create_task(self._read(client), name=f"read {self.id}")
+            probe = asyncio.create_task(self._probe(client), name=f"probe {self.id}")
             try:
-                async with asyncio.TaskGroup() as tasks:
-                    tasks.create_task(self._read(client), name=f"read {self.id}")
-                    tasks.create_task(self._probe(client), name=f"probe {self.id}")
+                done, _ = await asyncio.wait({read, probe}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self._client = None
+                read.cancel()
+                probe.cancel()
+                await asyncio.wait({read, probe})
+            for task in done:
+                task.result()  # re-raise the failure that ended the session
 
     async def _read(self, client: aiomqtt.Client) -> None:
         try:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 MAX_CONFIG_BYTES = 1024 * 1024
 _TOPIC_FORBIDDEN = re.compile(r"[+#\x00]")
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")  # used with fullmatch
 
 
 @dataclass(frozen=True)
@@ -298,14 +298,14 @@ def _table(s: _Section, **kw: Any) -> TableConfig:
             f"unknown game {kw['game']!r}; expected one of {', '.join(g.value for g in Game)}",
         )
     code = kw["code"]
-    if not _ID.match(code):
+    if not _ID.fullmatch(code):
         s.fail(
             "code" if "code" in s.data else "game_code",
             f"table code {code!r} must be 1-63 letters, digits, '.', '_', ':' or '-'",
         )
     command, response = default_topics(code)
-    kw["command_topic"] = _topic(s, "command_topic", kw["command_topic"] or command)
-    kw["response_topic"] = _topic(s, "response_topic", kw["response_topic"] or response)
+    for key, default in (("command_topic", command), ("response_topic", response)):
+        kw[key] = _topic(s, key, default if kw[key] is None else kw[key])
     for key in ("shaker_listens", "shaker_says"):
         if kw[key] is not None:
             kw[key] = _topic(s, key, kw[key])
@@ -323,7 +323,7 @@ def _broker_v1(b: _Section, env: Mapping[str, str]) -> BrokerConfig:
     host = _host(b, "host")
     port = b.integer("port", 1883, lo=1, hi=65535)
     broker_id = b.string("id", f"{host}:{port}")
-    if not _ID.match(broker_id):
+    if not _ID.fullmatch(broker_id):
         b.fail("id", f"{broker_id!r} must be 1-63 letters, digits, '.', '_', ':' or '-'")
     username, password = _credentials(b, broker_id, env)
     tls = None

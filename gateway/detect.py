@@ -119,6 +119,8 @@ class _Round:
     published_on: str | None = None
     epoch: int = 0
     closed: bool = False
+    timeout_owed: bool = False  # closed while its detect was still being published
+    republish_queued: bool = False
     tally: _Tally = field(default_factory=_Tally)
 
 
@@ -214,7 +216,9 @@ class RoundDesk:
         if output_url:
             check_stream_url("output", output_url)
         cur = self._current
-        if cur is not None and not cur.closed:
+        if cur is not None and not cur.closed and cur.future.done():
+            self._close(cur)  # answered; its callers have not resumed yet
+        elif cur is not None and not cur.closed:
             if cur.round_id == round_id:
                 return cur  # a second Detect for the same round joins the first
             cur.future.set_exception(
@@ -240,6 +244,8 @@ class RoundDesk:
             self._answered = rnd.round_id
         if send_timeout and rnd.publishes > 0:
             self._queue.put_nowait(_Command("timeout", rnd))
+        elif send_timeout:
+            rnd.timeout_owed = True  # the worker sends it if the detect gets out after all
         if self._current is rnd:
             self._current = None
         self._on_busy_change()
@@ -309,12 +315,14 @@ class RoundDesk:
             and not rnd.future.done()
             and rnd.published_on is not None
             and rnd.published_on != decision.broker_id
+            and not rnd.republish_queued
         ):
             log.warning(
                 "round %s: active broker is now %s; publishing detect again",
                 rnd.round_id,
                 decision.broker_id,
             )
+            rnd.republish_queued = True
             self._queue.put_nowait(_Command("detect", rnd))
 
     # --- commands out -----------------------------------------------------------------
@@ -329,6 +337,7 @@ class RoundDesk:
                 await self._publish_timeout(command.round)
 
     async def _publish_detect(self, rnd: _Round) -> None:
+        rnd.republish_queued = False
         t = self.table
         payload = encode_detect(t.game, rnd.round_id, rnd.input_url, rnd.output_url)
         last: NoBrokerAvailable | None = None
@@ -347,6 +356,9 @@ class RoundDesk:
             rnd.publishes += 1
             rnd.published_on, rnd.epoch = receipt.broker_id, receipt.epoch
             log.debug("round %s: detect published on %s", rnd.round_id, receipt.broker_id)
+            if rnd.timeout_owed:  # its caller left while the detect was on its way
+                rnd.timeout_owed = False
+                await self._publish_timeout(rnd)
             return
         if not rnd.closed and not rnd.future.done():
             rnd.future.set_exception(

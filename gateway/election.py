@@ -106,31 +106,34 @@ def decide(
     ready = sorted((link for link in links if link.ready), key=lambda s: (s.priority, s.id))
     if not ready:
         return None, "no broker is ready", None
-    by_id = {link.id: link for link in links}
-    cur = by_id.get(current) if current else None
+    cur = next((link for link in links if link.id == current), None)
     if cur is None or not cur.ready:
-        best = ready[0]
+        chosen = ready[0]
         why = "started" if current is None else f"{current} is {cur.state if cur else 'gone'}"
-        return best.id, f"{why}: highest-priority ready broker {best.id}", None
-    recheck: float | None = None
-    for link in ready:
-        if (link.priority, link.id) >= (cur.priority, cur.id):
+        reason = f"{why}: highest-priority ready broker {chosen.id}"
+    else:
+        chosen, reason = cur, f"{cur.id} is the highest-priority ready broker"
+        for link in _preferred_to(ready, cur):
+            if link.since + effective_holddown(link, timings, now) > now:
+                continue
+            if busy:
+                # Re-evaluated when the round ends (the desk reports every busy change).
+                return cur.id, f"fail-back to {link.id} waits for the round in flight", None
+            held = now - link.since
+            chosen, reason = link, f"fail-back to preferred {link.id} after {held:.1f}s ready"
             break
-        due = link.since + effective_holddown(link, timings, now)
-        if due > now:
-            recheck = due if recheck is None else min(recheck, due)
-            continue
-        if busy:
-            return cur.id, f"fail-back to {link.id} waits for the round in flight", None
-        held = now - link.since
-        return link.id, f"fail-back to preferred {link.id} after {held:.1f}s ready", None
-    return cur.id, _keep_reason(cur, recheck, now), recheck
+    # Brokers preferred to the chosen one but still in hold-down: look again when it ends.
+    dues = [
+        link.since + effective_holddown(link, timings, now) for link in _preferred_to(ready, chosen)
+    ]
+    recheck = min((due for due in dues if due > now), default=None)
+    if recheck is not None and chosen is cur and reason.endswith("ready broker"):
+        reason = f"{cur.id} active; preferred broker in hold-down for {recheck - now:.1f}s more"
+    return chosen.id, reason, recheck
 
 
-def _keep_reason(cur: LinkStatus, recheck: float | None, now: float) -> str:
-    if recheck is None:
-        return f"{cur.id} is the highest-priority ready broker"
-    return f"{cur.id} active; preferred broker in hold-down for {recheck - now:.1f}s more"
+def _preferred_to(ready: Sequence[LinkStatus], link: LinkStatus) -> list[LinkStatus]:
+    return [r for r in ready if (r.priority, r.id) < (link.priority, link.id)]
 
 
 class LocalElector:

@@ -35,7 +35,7 @@ ERR_NAMES = {ERR_OK: "OK", ERR_NOT_YET: "NOT_YET", -3: "NO_SHAKE"}
 
 CARD_RANKS = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
 CARD_SUITS = ("C", "D", "H", "S")
-_CARD = re.compile(r"^(A|[2-9]|10|J|Q|K)[CDHS]$")
+_CARD = re.compile(r"(A|[2-9]|10|J|Q|K)[CDHS]")  # used with fullmatch
 BACCARAT_CARDS = 6
 BACCARAT_REQUIRED = 4
 
@@ -231,7 +231,7 @@ def _roulette(round_id: str, res: Any) -> Frame:
 def _baccarat(round_id: str, res: Any) -> Frame:
     if not isinstance(res, list) or len(res) != BACCARAT_CARDS:
         return Invalid(f"baccarat res must be {BACCARAT_CARDS} cards, got {_short(res)}")
-    if not all(isinstance(c, str) and (c == "" or _CARD.match(c)) for c in res):
+    if not all(isinstance(c, str) and (c == "" or _CARD.fullmatch(c)) for c in res):
         return Invalid(f'baccarat cards must be rank+suit or "", got {_short(res)}')
     if not any(res):
         return NotYet("no cards yet")

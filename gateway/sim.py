@@ -153,6 +153,13 @@ def derive_result(game: str, round_id: str) -> object:
     return cards
 
 
+def _raise_if_cancelled() -> None:
+    # Python 3.11's asyncio.wait_for (inside aiomqtt) can swallow a cancellation.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def _frame(arg: dict[str, object]) -> bytes:
     return json.dumps({"response": "result", "arg": arg}).encode()
 
@@ -344,8 +351,10 @@ class IdpSimulator:
             )
             try:
                 async with client:
+                    _raise_if_cancelled()
                     if self._routes:
                         await client.subscribe([(t, 1) for t in self._routes])
+                    _raise_if_cancelled()
                     self._clients[broker.id] = client
                     self._ready[broker.id].set()
                     backoff = _BACKOFF_MIN_S

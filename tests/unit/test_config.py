@@ -519,11 +519,6 @@ def test_missing_file_names_the_file(tmp_path: Path) -> None:
     assert info.value.message.startswith(f"{path}: cannot read")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config._ID ends in `$`, which also matches before a trailing newline, so a "
-    "table code 'ARO-001\\n' is accepted and put into the command/response topics",
-)
 def test_table_code_with_trailing_newline_is_rejected() -> None:
     """A table code with a trailing newline is rejected instead of producing broken topics."""
     with pytest.raises(ConfigError, match=r"table\.code"):

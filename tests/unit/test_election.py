@@ -308,12 +308,6 @@ async def test_local_elector_run_fails_back_when_holddown_expires() -> None:
         task.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="decide() returns recheck=None when it fails back to a second-best broker while "
-    "the best one is still in hold-down, so LocalElector.run() never wakes to fail back "
-    "to the best broker once its hold-down expires",
-)
 async def test_local_elector_run_reaches_best_broker_after_intermediate_failback() -> None:
     """After failing back to a second-best broker, the best one is used when its hold-down ends."""
     clock = FakeClock()

@@ -341,11 +341,6 @@ def test_malformed_frames_are_invalid(game: Game, payload: bytes) -> None:
     assert isinstance(classify(game, payload, "R-1"), Invalid)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="protocol._CARD ends in `$`, which also matches before a trailing newline, "
-    "so a card 'KD\\n' is accepted and returned to the game",
-)
 def test_card_with_trailing_newline_is_invalid() -> None:
     """A card string with a trailing newline is not a card and never reaches the game."""
     frame = classify(Game.BACCARAT, _frame("R-1", ["KD\n", "8S", "10H", "AC", "", ""]), "R-1")
