@@ -226,8 +226,14 @@ def summary(latencies: list[float], key: str = "") -> dict[str, float]:
     return {f"p50{key}": statistics.median(ms), f"p99{key}": p99, f"max{key}": ms[-1]}
 
 
-async def sequential(one: Round, rounds: int) -> list[float]:
-    return [await one(f"bench-{uuid.uuid4().hex[:12]}") for _ in range(rounds)]
+async def sequential(one: Round, rounds: int, gap_s: float = 0.0) -> list[float]:
+    """Rounds one after another; ``gap_s`` idles between them, as tables do between rounds."""
+    latencies = []
+    for _ in range(rounds):
+        latencies.append(await one(f"bench-{uuid.uuid4().hex[:12]}"))
+        if gap_s:
+            await asyncio.sleep(gap_s)
+    return latencies
 
 
 async def in_flight(ones: list[Round], n: int, warmup: int, pids: dict[str, list[int]]) -> Any:
@@ -252,7 +258,7 @@ async def in_flight(ones: list[Round], n: int, warmup: int, pids: dict[str, list
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     codes = [f"ARO-{101 + i}" for i in range(args.concurrency)]
     r: dict[str, Any] = {"machine": machine(), "tables": f"{codes[0]}..{codes[-1]}"}
-    r |= {k: getattr(args, k) for k in ("rounds", "warmup", "concurrency")}
+    r |= {k: getattr(args, k) for k in ("rounds", "warmup", "concurrency", "gap_ms")}
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(MosquittoProcess(tcp_nodelay=True))
         children = Children(Path(stack.enter_context(tempfile.TemporaryDirectory())))
@@ -272,7 +278,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             direct = [DirectTable(broker.port, c) for c in codes]
             await asyncio.gather(*(d.open(direct_stack) for d in direct))
             await sequential(direct[0].round, args.warmup)
-            base = summary(await sequential(direct[0].round, args.rounds))
+            base = summary(await sequential(direct[0].round, args.rounds, args.gap_ms / 1000))
             base |= await in_flight([d.round for d in direct], args.rounds, args.warmup, pids)
         r["baseline"] = base
 
@@ -284,7 +290,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await sequential(sidecar_round(first, inside), args.warmup)
         side["rss_mb"] = rss_mb(pid)
         inside.clear()
-        side |= summary(await sequential(sidecar_round(first, inside), args.rounds))
+        side |= summary(
+            await sequential(sidecar_round(first, inside), args.rounds, args.gap_ms / 1000)
+        )
         side |= summary([ms / 1000 for ms in inside], "_inside")
         side |= summary(await health_checks(address, 10, args.rounds), "_grpc_floor")
         started = [await children.start(config_doc(broker.port, c)) for c in codes[1:]]
@@ -345,6 +353,12 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=300, help="timed rounds per phase")
     p.add_argument("--warmup", type=int, default=30, help="untimed rounds before each phase")
     p.add_argument("--concurrency", type=int, default=16, help="rounds (and tables) in flight")
+    p.add_argument(
+        "--gap-ms",
+        type=float,
+        default=0.0,
+        help="idle time between sequential rounds, in both runs (tables idle 16-50 s)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--simulate", nargs="+", help=argparse.SUPPRESS)  # PORT CODE...: the child
     args = p.parse_args()

@@ -63,7 +63,7 @@ class Sidecar:
             on_message=lambda broker, topic, payload: self.desk.on_message(broker, topic, payload),
             busy=lambda: self.desk.busy,
         )
-        self.desk = RoundDesk(config.table, self.pool, on_busy_change=self.pool.reevaluate)
+        self.desk = RoundDesk(config.table, self.pool, on_busy_change=self.pool.busy_changed)
         self.elector.add_listener(self.desk.on_decision)
         self.service = GatewayService(config, self.desk, self.pool, self.instance_id)
         # aio is re-exported by grpc_health.v1.health at run time; the stubs lack it.

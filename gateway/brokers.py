@@ -370,9 +370,13 @@ class BrokerPool:
             callback()
 
     def reevaluate(self) -> None:
-        """Tell the elector the view changed (a link state, or a round started/ended)."""
+        """A link changed state: tell the elector and the listeners."""
         self._elector.update(self.statuses(), self._busy())
         self._notify()
+
+    def busy_changed(self) -> None:
+        """A round started or ended: a deferred fail-back may be due now."""
+        self._elector.update(self.statuses(), self._busy())
 
     def statuses(self) -> list[LinkStatus]:
         return [link.status() for link in self.links.values()]
