@@ -233,6 +233,7 @@ class BrokerLink:
                     await self._session()
                 except (aiomqtt.MqttError, ProbeMissed, OSError) as exc:
                     self._mark_down(exc)
+                _raise_if_cancelled()
                 if time.monotonic() - started > t.backoff_max_s * 2:
                     attempt = 0  # it was up for a while: start the backoff over
                 delay = min(t.backoff_max_s, t.backoff_initial_s * 2.0**attempt)
@@ -309,6 +310,7 @@ class BrokerLink:
         seq = 0
         loop = asyncio.get_running_loop()
         while True:
+            _raise_if_cancelled()
             seq += 1
             fut: asyncio.Future[None] = loop.create_future()
             self._probe_waiter = (seq, fut)

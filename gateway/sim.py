@@ -367,6 +367,7 @@ class IdpSimulator:
                 self._ready[broker.id].clear()
                 if self._clients.get(broker.id) is client:
                     del self._clients[broker.id]
+            _raise_if_cancelled()
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX_S)
 
