@@ -91,6 +91,8 @@ class Sidecar:
             self.port = server.add_insecure_port(self._listen)
         except RuntimeError as exc:
             raise OSError(f"cannot listen on {self._listen}: {exc}") from exc
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._listen}: address in use or not available")
         await server.start()
         self._server = server
         self._main = asyncio.create_task(self._run(), name="sidecar")

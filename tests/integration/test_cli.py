@@ -201,6 +201,25 @@ async def test_serve_runs_the_predecessor_file_unchanged(
     assert not any("wago" in line for line in logs.decode().splitlines())
 
 
+async def test_serve_on_a_busy_port_says_so(broker: MosquittoProcess, tmp_path: Path) -> None:
+    """A second sidecar on a port already in use exits non-zero with a clear message."""
+    async with Stack([broker], "roulette") as s:
+        path = tmp_path / "table.json"
+        path.write_text(
+            json.dumps(
+                {
+                    "brokers": [{"broker": "127.0.0.1", "port": broker.port}],
+                    "game_config": {"game_type": "roulette", "game_code": "ARO-001"},
+                }
+            )
+        )
+        code, _, err = await run(
+            *gateway("serve", "--config", str(path), "--listen", s.sidecar.address)
+        )
+        assert code == 1
+        assert f"cannot listen on {s.sidecar.address}" in err
+
+
 async def test_demo_runs_detects_for_all_three_games() -> None:
     """`gateway demo --once` starts its own brokers and prints one real result per game."""
     code, out, err = await run(*gateway("demo", "--once", "--port", "0"), limit_s=60)
