@@ -96,10 +96,23 @@ class LinkTimings:
 
 @dataclass(frozen=True)
 class RedisConfig:
-    """Where the shared active-broker record and statistics live (optional)."""
+    """Where the shared active-broker record and statistics live (optional).
+
+    ``url`` is ``redis://``, ``rediss://`` (TLS), ``unix://`` or
+    ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``
+    (``rediss+sentinel://`` for TLS to the master); it may carry a password, so it is
+    read from the environment or a file rather than written in a ConfigMap.
+    """
 
     url: str | None = field(default=None, repr=False)
     key_prefix: str = "studio-gateway"
+    view_ttl_s: float = 3.0  # a sidecar's broker view expires this long after its last report
+    refresh_s: float = 1.0  # re-read of the record and refresh of the view, at least this often
+    grace_s: float = (
+        5.0  # Redis unreachable and the active broker locally dead this long: fail over locally
+    )
+    stats_interval_s: float = 1.0  # statistics are written at most this often
+    stats_ttl_s: float = 15.0  # statistics of a vanished sidecar expire after this
 
 
 @dataclass(frozen=True)
@@ -192,7 +205,7 @@ def dump_config(config: GatewayConfig) -> dict[str, Any]:
         "table": table,
         "brokers": brokers,
         "failover": dict(vars(config.timings)),
-        "redis": {"key_prefix": config.redis.key_prefix},
+        "redis": {k: v for k, v in vars(config.redis).items() if k != "url"},
     }
     return doc
 
@@ -222,15 +235,7 @@ def _parse_v1(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
     brokers = tuple(_broker_v1(b, env) for b in top.sections("brokers"))
     _check_brokers(top, brokers)
     timings = _timings(top.opt_section("failover"))
-    r = top.opt_section("redis")
-    redis = RedisConfig()
-    if r is not None:
-        url = r.opt_string("url")
-        url_env = r.opt_string("url_env")
-        if url_env:
-            url = env.get(url_env) or url
-        redis = RedisConfig(url=url, key_prefix=r.string("key_prefix", "studio-gateway"))
-        r.done()
+    redis = _redis(top.opt_section("redis"), env)
     group = top.opt_string("broker_group") or derive_broker_group(brokers)
     config = GatewayConfig(
         table=table,
@@ -284,6 +289,7 @@ def _parse_legacy(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
         table=table,
         brokers=frozen,
         broker_group=derive_broker_group(frozen),
+        redis=_redis(None, env),
         environment=top.string("environment", "production"),
         source=top.source,
     )
@@ -403,6 +409,42 @@ def _check_brokers(top: _Section, brokers: tuple[BrokerConfig, ...]) -> None:
         if b.id in seen:
             top.fail(f"brokers[{i}]", f"duplicate broker id {b.id!r} (also brokers[{seen[b.id]}])")
         seen[b.id] = i
+
+
+def _redis(r: _Section | None, env: Mapping[str, str]) -> RedisConfig:
+    """Redis settings; the URL from ``url_file``, ``url_env``, ``url``, then GATEWAY_REDIS_URL."""
+    d = RedisConfig()
+    url = env.get("GATEWAY_REDIS_URL") or None
+    if r is None:
+        return RedisConfig(url=url)
+    path = r.opt_string("url_file")
+    ref = r.opt_string("url_env")
+    if path is not None:
+        try:
+            url = Path(path).read_text().strip() or None
+        except OSError as exc:
+            r.fail("url_file", f"cannot read {path}: {exc.strerror or exc}")
+    elif ref is not None:
+        if ref not in env:
+            r.fail("url_env", f"environment variable {ref} is not set")
+        url = env[ref]
+    else:
+        url = r.opt_string("url") or url
+    if url is not None and not re.match(r"^(rediss?|unix|rediss?\+sentinel)://", url):
+        r.fail("url", "must start with redis://, rediss://, unix:// or redis+sentinel://")
+    config = RedisConfig(
+        url=url,
+        key_prefix=r.string("key_prefix", d.key_prefix),
+        view_ttl_s=r.number("view_ttl_s", d.view_ttl_s, lo=0.5, hi=600),
+        refresh_s=r.number("refresh_s", d.refresh_s, lo=0.05, hi=60),
+        grace_s=r.number("grace_s", d.grace_s, lo=0, hi=3600),
+        stats_interval_s=r.number("stats_interval_s", d.stats_interval_s, lo=0.05, hi=600),
+        stats_ttl_s=r.number("stats_ttl_s", d.stats_ttl_s, lo=1, hi=86400),
+    )
+    if config.view_ttl_s <= config.refresh_s:
+        r.fail("view_ttl_s", "must be longer than refresh_s, or views expire between refreshes")
+    r.done()
+    return config
 
 
 def _timings(s: _Section | None) -> LinkTimings:

@@ -374,6 +374,9 @@ class HealthResponse(_message.Message):
     COUNTERS_FIELD_NUMBER: _builtins.int
     INSTANCE_ID_FIELD_NUMBER: _builtins.int
     CONFIG_GENERATION_FIELD_NUMBER: _builtins.int
+    ELECTION_FIELD_NUMBER: _builtins.int
+    LIVE_REPORTERS_FIELD_NUMBER: _builtins.int
+    BROKER_GROUP_FIELD_NUMBER: _builtins.int
     status: Global___HealthResponse.Status.ValueType
     reason: _builtins.str
     """Why the status is what it is, and why the active broker was chosen."""
@@ -385,6 +388,11 @@ class HealthResponse(_message.Message):
     """This sidecar instance (also its MQTT client id prefix)."""
     config_generation: _builtins.int
     """Generation of the applied configuration."""
+    election: _builtins.str
+    """The shared election: "not configured", "connected", or "unreachable: <why>"."""
+    live_reporters: _builtins.int
+    """Sidecars of the broker group whose broker views are live in the shared store."""
+    broker_group: _builtins.str
     @_builtins.property
     def brokers(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrokerHealth]: ...
     @_builtins.property
@@ -402,11 +410,192 @@ class HealthResponse(_message.Message):
         counters: Global___Counters | None = ...,
         instance_id: _builtins.str = ...,
         config_generation: _builtins.int = ...,
+        election: _builtins.str = ...,
+        live_reporters: _builtins.int = ...,
+        broker_group: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "brokers", b"brokers", "config_generation", b"config_generation", "counters", b"counters", "epoch", b"epoch", "game", b"game", "instance_id", b"instance_id", "reason", b"reason", "status", b"status", "table_code", b"table_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "broker_group", b"broker_group", "brokers", b"brokers", "config_generation", b"config_generation", "counters", b"counters", "election", b"election", "epoch", b"epoch", "game", b"game", "instance_id", b"instance_id", "live_reporters", b"live_reporters", "reason", b"reason", "status", b"status", "table_code", b"table_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HealthResponse: _TypeAlias = HealthResponse  # noqa: Y015
+
+@_typing.final
+class StatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FLEET_FIELD_NUMBER: _builtins.int
+    fleet: _builtins.bool
+    """Also return every live sidecar of the broker group and the totals."""
+    def __init__(
+        self,
+        *,
+        fleet: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fleet", b"fleet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsRequest: _TypeAlias = StatsRequest  # noqa: Y015
+
+@_typing.final
+class BrokerStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CONNECTED_FIELD_NUMBER: _builtins.int
+    CONNECTS_FIELD_NUMBER: _builtins.int
+    DISCONNECTS_FIELD_NUMBER: _builtins.int
+    PUBLISHES_OK_FIELD_NUMBER: _builtins.int
+    PUBLISHES_FAILED_FIELD_NUMBER: _builtins.int
+    PROBE_RTT_MS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    connected: _builtins.bool
+    connects: _builtins.int
+    disconnects: _builtins.int
+    publishes_ok: _builtins.int
+    publishes_failed: _builtins.int
+    probe_rtt_ms: _builtins.float
+    last_error: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        connected: _builtins.bool = ...,
+        connects: _builtins.int = ...,
+        disconnects: _builtins.int = ...,
+        publishes_ok: _builtins.int = ...,
+        publishes_failed: _builtins.int = ...,
+        probe_rtt_ms: _builtins.float = ...,
+        last_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connected", b"connected", "connects", b"connects", "disconnects", b"disconnects", "id", b"id", "last_error", b"last_error", "probe_rtt_ms", b"probe_rtt_ms", "publishes_failed", b"publishes_failed", "publishes_ok", b"publishes_ok"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BrokerStats: _TypeAlias = BrokerStats  # noqa: Y015
+
+@_typing.final
+class SidecarStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INSTANCE_ID_FIELD_NUMBER: _builtins.int
+    TABLE_CODE_FIELD_NUMBER: _builtins.int
+    UPDATED_UNIX_FIELD_NUMBER: _builtins.int
+    ACTIVE_BROKER_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    CONFIG_GENERATION_FIELD_NUMBER: _builtins.int
+    COUNTERS_FIELD_NUMBER: _builtins.int
+    BROKERS_FIELD_NUMBER: _builtins.int
+    instance_id: _builtins.str
+    table_code: _builtins.str
+    updated_unix: _builtins.float
+    """When these numbers were taken (Unix seconds)."""
+    active_broker_id: _builtins.str
+    epoch: _builtins.int
+    config_generation: _builtins.int
+    @_builtins.property
+    def counters(self) -> Global___Counters: ...
+    @_builtins.property
+    def brokers(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrokerStats]: ...
+    def __init__(
+        self,
+        *,
+        instance_id: _builtins.str = ...,
+        table_code: _builtins.str = ...,
+        updated_unix: _builtins.float = ...,
+        active_broker_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        config_generation: _builtins.int = ...,
+        counters: Global___Counters | None = ...,
+        brokers: _abc.Iterable[Global___BrokerStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "brokers", b"brokers", "config_generation", b"config_generation", "counters", b"counters", "epoch", b"epoch", "instance_id", b"instance_id", "table_code", b"table_code", "updated_unix", b"updated_unix"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SidecarStats: _TypeAlias = SidecarStats  # noqa: Y015
+
+@_typing.final
+class FleetTotals(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIDECARS_FIELD_NUMBER: _builtins.int
+    TOTAL_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    ACTIVE_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    FAILED_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    DETECTS_OK_FIELD_NUMBER: _builtins.int
+    DETECTS_TIMED_OUT_FIELD_NUMBER: _builtins.int
+    DETECTS_FAILED_FIELD_NUMBER: _builtins.int
+    sidecars: _builtins.int
+    total_connections: _builtins.int
+    """One connection per sidecar and broker; active = ready, failed = not ready."""
+    active_connections: _builtins.int
+    failed_connections: _builtins.int
+    detects_ok: _builtins.int
+    detects_timed_out: _builtins.int
+    detects_failed: _builtins.int
+    def __init__(
+        self,
+        *,
+        sidecars: _builtins.int = ...,
+        total_connections: _builtins.int = ...,
+        active_connections: _builtins.int = ...,
+        failed_connections: _builtins.int = ...,
+        detects_ok: _builtins.int = ...,
+        detects_timed_out: _builtins.int = ...,
+        detects_failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_connections", b"active_connections", "detects_failed", b"detects_failed", "detects_ok", b"detects_ok", "detects_timed_out", b"detects_timed_out", "failed_connections", b"failed_connections", "sidecars", b"sidecars", "total_connections", b"total_connections"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FleetTotals: _TypeAlias = FleetTotals  # noqa: Y015
+
+@_typing.final
+class StatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LOCAL_FIELD_NUMBER: _builtins.int
+    BROKER_GROUP_FIELD_NUMBER: _builtins.int
+    FLEET_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
+    FLEET_ERROR_FIELD_NUMBER: _builtins.int
+    broker_group: _builtins.str
+    fleet_error: _builtins.str
+    """Why the fleet view is missing (no store configured, or unreachable)."""
+    @_builtins.property
+    def local(self) -> Global___SidecarStats: ...
+    @_builtins.property
+    def fleet(self) -> _containers.RepeatedCompositeFieldContainer[Global___SidecarStats]:
+        """Filled when the request asked for the fleet and the shared store answered."""
+
+    @_builtins.property
+    def totals(self) -> Global___FleetTotals: ...
+    def __init__(
+        self,
+        *,
+        local: Global___SidecarStats | None = ...,
+        broker_group: _builtins.str = ...,
+        fleet: _abc.Iterable[Global___SidecarStats] | None = ...,
+        totals: Global___FleetTotals | None = ...,
+        fleet_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broker_group", b"broker_group", "fleet", b"fleet", "fleet_error", b"fleet_error", "local", b"local", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatsResponse: _TypeAlias = StatsResponse  # noqa: Y015

@@ -44,6 +44,11 @@ class GatewayServiceStub:
                 request_serializer=gateway_dot_v1_dot_gateway__pb2.HealthRequest.SerializeToString,
                 response_deserializer=gateway_dot_v1_dot_gateway__pb2.HealthResponse.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/gateway.v1.GatewayService/GetStats',
+                request_serializer=gateway_dot_v1_dot_gateway__pb2.StatsRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_gateway__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -69,6 +74,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStats(self, request, context):
+        """Connection and detect statistics of this sidecar and, with `fleet`, of every live
+        sidecar of its broker group (read from the shared store).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -81,6 +94,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Health,
                     request_deserializer=gateway_dot_v1_dot_gateway__pb2.HealthRequest.FromString,
                     response_serializer=gateway_dot_v1_dot_gateway__pb2.HealthResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.StatsRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_gateway__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class GatewayService:
             '/gateway.v1.GatewayService/Health',
             gateway_dot_v1_dot_gateway__pb2.HealthRequest.SerializeToString,
             gateway_dot_v1_dot_gateway__pb2.HealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/GetStats',
+            gateway_dot_v1_dot_gateway__pb2.StatsRequest.SerializeToString,
+            gateway_dot_v1_dot_gateway__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,10 @@ class GatewayServiceStub:
     """
     Health: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.HealthRequest, _gateway_pb2.HealthResponse]
     """Report the sidecar's state: brokers, the active broker and counters."""
+    GetStats: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.StatsRequest, _gateway_pb2.StatsResponse]
+    """Connection and detect statistics of this sidecar and, with `fleet`, of every live
+    sidecar of its broker group (read from the shared store).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -62,6 +66,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """
     Health: _aio.UnaryUnaryMultiCallable[_gateway_pb2.HealthRequest, _gateway_pb2.HealthResponse]  # type: ignore[assignment]
     """Report the sidecar's state: brokers, the active broker and counters."""
+    GetStats: _aio.UnaryUnaryMultiCallable[_gateway_pb2.StatsRequest, _gateway_pb2.StatsResponse]  # type: ignore[assignment]
+    """Connection and detect statistics of this sidecar and, with `fleet`, of every live
+    sidecar of its broker group (read from the shared store).
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -86,5 +94,15 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.HealthResponse, _abc.Awaitable[_gateway_pb2.HealthResponse]]:
         """Report the sidecar's state: brokers, the active broker and counters."""
+
+    @_abc_1.abstractmethod
+    def GetStats(
+        self,
+        request: _gateway_pb2.StatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.StatsResponse, _abc.Awaitable[_gateway_pb2.StatsResponse]]:
+        """Connection and detect statistics of this sidecar and, with `fleet`, of every live
+        sidecar of its broker group (read from the shared store).
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
