@@ -16,14 +16,18 @@ import signal
 from types import TracebackType
 
 import grpc
+import redis.asyncio as redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gateway import store
 from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
 from gateway.detect import RoundDesk
 from gateway.election import Elector, LocalElector
 from gateway.service import SERVICE_NAME, GatewayService, overall_status
+from gateway.shared_record import SharedElector
+from gateway.stats import SidecarStats, StatsWriter, read_fleet, take_snapshot
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,11 @@ class Sidecar:
         self.config = config
         self.instance_id = instance_id or make_instance_id(config.table.code)
         self._listen = listen
+        self.store: redis.Redis | None = None
+        self.stats_writer: StatsWriter | None = None
+        if elector is None and config.redis.url:
+            self.store = store.connect(config.redis)
+            elector = SharedElector(config, self.instance_id, self.store)
         self.elector = elector or LocalElector(config.timings)
         # The pool and the desk refer to each other: frames flow pool -> desk, commands
         # desk -> pool, and the elector must know whether a round is in flight.
@@ -65,7 +74,24 @@ class Sidecar:
         )
         self.desk = RoundDesk(config.table, self.pool, on_busy_change=self.pool.busy_changed)
         self.elector.add_listener(self.desk.on_decision)
-        self.service = GatewayService(config, self.desk, self.pool, self.instance_id)
+        fleet = None
+        if self.store is not None and isinstance(self.elector, SharedElector):
+            keys, client, shared = self.elector.keys, self.store, self.elector
+            self.stats_writer = StatsWriter(
+                client,
+                keys,
+                self.snapshot,
+                interval_s=config.redis.stats_interval_s,
+                ttl_s=config.redis.stats_ttl_s,
+                on_error=shared.on_store_error,
+            )
+
+            async def fleet() -> list[SidecarStats]:
+                return await read_fleet(client, keys)
+
+        self.service = GatewayService(
+            config, self.desk, self.pool, self.instance_id, self.snapshot, fleet
+        )
         # aio is re-exported by grpc_health.v1.health at run time; the stubs lack it.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
@@ -106,6 +132,17 @@ class Sidecar:
         )
         return self
 
+    def snapshot(self) -> SidecarStats:
+        """This sidecar's statistics right now."""
+        return take_snapshot(
+            self.instance_id,
+            self.config.table.code,
+            self.config.generation,
+            self.pool.statuses(),
+            self.pool.decision(),
+            self.desk.counters,
+        )
+
     @property
     def address(self) -> str:
         host = self._listen.rsplit(":", 1)[0]
@@ -116,13 +153,17 @@ class Sidecar:
             tasks.create_task(self.pool.run(), name="broker-pool")
             tasks.create_task(self.desk.run(), name="round-desk")
             tasks.create_task(self._health_loop(), name="health")
+            if self.stats_writer is not None:
+                tasks.create_task(self.stats_writer.run(), name="stats")
 
     async def _health_loop(self) -> None:
         """Mirror readiness into grpc.health.v1: SERVING only with a ready active broker."""
         last: int | None = None
         while True:
             self._health_changed.clear()
-            overall = overall_status(self.pool.statuses(), self.pool.decision())
+            overall = overall_status(
+                self.pool.statuses(), self.pool.decision(), self.elector.status().problems
+            )
             if overall.grpc_health != last:
                 last = overall.grpc_health
                 for service in ("", SERVICE_NAME):
@@ -158,6 +199,8 @@ class Sidecar:
             self._main.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._main
+        if self.store is not None:
+            await self.store.aclose()
         log.info("sidecar %s stopped", self.instance_id)
 
 

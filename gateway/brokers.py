@@ -29,7 +29,7 @@ import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import BrokerConfig, LinkTimings
-from gateway.election import Decision, Elector, LinkState, LinkStatus
+from gateway.election import Decision, ElectionStatus, Elector, LinkState, LinkStatus
 from gateway.errors import NoBrokerAvailable
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,9 @@ class BrokerLink:
         self._since_wall = time.time()
         self._failures: list[float] = []
         self._failure_count = 0
+        self._connects = 0
+        self._publishes_ok = 0
+        self._publishes_failed = 0
         self._rtt_ms = 0.0
         self._last_error = ""
         self._probe_waiter: tuple[int, asyncio.Future[None]] | None = None
@@ -175,6 +178,9 @@ class BrokerLink:
             failure_times=tuple(self._failures),
             probe_rtt_ms=self._rtt_ms,
             last_error=self._last_error,
+            connects=self._connects,
+            publishes_ok=self._publishes_ok,
+            publishes_failed=self._publishes_failed,
         )
 
     def _set_state(self, state: LinkState) -> None:
@@ -208,7 +214,9 @@ class BrokerLink:
         self._pending.add(fut)
         try:
             await fut
+            self._publishes_ok += 1
         except asyncio.CancelledError:
+            self._publishes_failed += 1
             task = asyncio.current_task()
             if fut.cancelled() and task is not None and not task.cancelling():
                 raise NoBrokerAvailable(
@@ -216,6 +224,7 @@ class BrokerLink:
                 ) from None
             raise
         except aiomqtt.MqttError as exc:
+            self._publishes_failed += 1
             raise NoBrokerAvailable(
                 f"publish to broker {self.id} failed: {describe_error(exc)}"
             ) from exc
@@ -325,6 +334,7 @@ class BrokerLink:
                 raise exc from None
             self._rtt_ms = (time.monotonic() - sent) * 1000
             if self._state is not LinkState.READY:
+                self._connects += 1
                 self._set_state(LinkState.READY)
                 log.info("broker %s ready (probe %.2f ms)", self.id, self._rtt_ms)
             await asyncio.sleep(t.probe_interval_s)
@@ -385,6 +395,9 @@ class BrokerPool:
 
     def decision(self) -> Decision:
         return self._elector.current()
+
+    def election_status(self) -> ElectionStatus:
+        return self._elector.status()
 
     def any_ready(self) -> bool:
         return any(link.state is LinkState.READY for link in self.links.values())

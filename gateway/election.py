@@ -50,6 +50,9 @@ class LinkStatus:
     failure_times: tuple[float, ...]  # monotonic times of recent failures (damping)
     probe_rtt_ms: float
     last_error: str
+    connects: int = 0  # times the link became ready
+    publishes_ok: int = 0
+    publishes_failed: int = 0
 
     @property
     def ready(self) -> bool:
@@ -64,6 +67,15 @@ class Decision:
     epoch: int = 0
     reason: str = "no broker is ready yet"
     decided_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class ElectionStatus:
+    """How the decision is being made, for Health."""
+
+    state: str = "not configured"  # or "connected ...", "unreachable: ..."
+    live_reporters: int = 0
+    problems: tuple[str, ...] = ()  # reasons to report DEGRADED
 
 
 class Elector(Protocol):
@@ -83,6 +95,10 @@ class Elector(Protocol):
 
     async def run(self) -> None:
         """Background work (timers, shared-record watch) until cancelled."""
+        ...
+
+    def status(self) -> ElectionStatus:
+        """The election's own health."""
         ...
 
 
@@ -151,6 +167,9 @@ class LocalElector:
 
     def current(self) -> Decision:
         return self._decision
+
+    def status(self) -> ElectionStatus:
+        return ElectionStatus()
 
     def add_listener(self, callback: Callable[[Decision], None]) -> None:
         self._listeners.append(callback)

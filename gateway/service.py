@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2
+from redis.exceptions import RedisError
 
 from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
@@ -22,6 +23,7 @@ from gateway.detect import Counters, DetectOutcome, RoundDesk
 from gateway.election import Decision, LinkState, LinkStatus
 from gateway.errors import GatewayError
 from gateway.protocol import BaccaratHand, Game, RouletteNumber, SicBoDice
+from gateway.stats import SidecarStats, totals
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -60,21 +62,29 @@ class Overall:
         return int(health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
-def overall_status(links: Sequence[LinkStatus], decision: Decision) -> Overall:
-    """SERVING with an active ready broker; DEGRADED if some broker is not ready."""
+def overall_status(
+    links: Sequence[LinkStatus], decision: Decision, problems: Sequence[str] = ()
+) -> Overall:
+    """NOT_SERVING without an active broker; DEGRADED if anything needs attention."""
     if decision.broker_id is None:
         return Overall(pb.HealthResponse.NOT_SERVING, decision.reason)
+    if not any(s.ready for s in links):
+        return Overall(pb.HealthResponse.NOT_SERVING, "no broker is ready")
+    notes = list(problems)
+    active = next((s for s in links if s.id == decision.broker_id), None)
+    if active is None or not active.ready:
+        notes.insert(0, f"active broker {decision.broker_id} is not reachable from this sidecar")
     down = [
         f"{s.id} {s.state}" + (f" ({s.last_error})" if s.last_error else "")
         for s in links
-        if not s.ready
+        if not s.ready and s is not active
     ]
     if down:
-        return Overall(
-            pb.HealthResponse.DEGRADED,
-            f"active {decision.broker_id} ({decision.reason}); not ready: {'; '.join(down)}",
-        )
-    return Overall(pb.HealthResponse.SERVING, f"active {decision.broker_id}: {decision.reason}")
+        notes.append(f"not ready: {'; '.join(down)}")
+    head = f"active {decision.broker_id} (epoch {decision.epoch}): {decision.reason}"
+    if notes:
+        return Overall(pb.HealthResponse.DEGRADED, f"{head}; " + "; ".join(notes))
+    return Overall(pb.HealthResponse.SERVING, head)
 
 
 def result_to_proto(outcome: DetectOutcome, config: GatewayConfig) -> pb.DetectResponse:
@@ -102,16 +112,40 @@ def counters_to_proto(c: Counters) -> pb.Counters:
     return pb.Counters(**vars(c))
 
 
+def stats_to_proto(s: SidecarStats) -> pb.SidecarStats:
+    return pb.SidecarStats(
+        instance_id=s.instance_id,
+        table_code=s.table_code,
+        updated_unix=s.updated_unix,
+        active_broker_id=s.active_broker_id,
+        epoch=s.epoch,
+        config_generation=s.config_generation,
+        counters=pb.Counters(**{k: v for k, v in s.counters.items() if k in _COUNTER_FIELDS}),
+        brokers=[pb.BrokerStats(**vars(b)) for b in s.brokers],
+    )
+
+
+_COUNTER_FIELDS = frozenset(pb.Counters.DESCRIPTOR.fields_by_name)
+
+
 class GatewayService(pb_grpc.GatewayServiceServicer):
     """Detect and Health for the one table this sidecar serves."""
 
     def __init__(
-        self, config: GatewayConfig, desk: RoundDesk, pool: BrokerPool, instance_id: str
+        self,
+        config: GatewayConfig,
+        desk: RoundDesk,
+        pool: BrokerPool,
+        instance_id: str,
+        snapshot: Callable[[], SidecarStats],
+        fleet: Callable[[], Awaitable[list[SidecarStats]]] | None = None,
     ) -> None:
         self.config = config
         self._desk = desk
         self._pool = pool
         self._instance_id = instance_id
+        self._snapshot = snapshot
+        self._fleet = fleet
 
     async def Detect(
         self, request: pb.DetectRequest, context: grpc.aio.ServicerContext[object, object]
@@ -163,10 +197,31 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
     ) -> pb.HealthResponse:
         return self.health()
 
+    async def GetStats(
+        self, request: pb.StatsRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.StatsResponse:
+        response = pb.StatsResponse(
+            local=stats_to_proto(self._snapshot()), broker_group=self.config.broker_group
+        )
+        if not request.fleet:
+            return response
+        if self._fleet is None:
+            response.fleet_error = "no shared store configured (--redis-url)"
+            return response
+        try:
+            fleet = await self._fleet()
+        except RedisError as exc:
+            response.fleet_error = f"shared store unreachable: {exc}"
+            return response
+        response.fleet.extend(stats_to_proto(s) for s in fleet)
+        response.totals.CopyFrom(pb.FleetTotals(**vars(totals(fleet))))
+        return response
+
     def health(self) -> pb.HealthResponse:
         links = self._pool.statuses()
         decision = self._pool.decision()
-        overall = overall_status(links, decision)
+        election = self._pool.election_status()
+        overall = overall_status(links, decision, election.problems)
         return pb.HealthResponse(
             status=overall.status,
             reason=overall.reason,
@@ -193,4 +248,7 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
             counters=counters_to_proto(self._desk.counters),
             instance_id=self._instance_id,
             config_generation=self.config.generation,
+            election=election.state,
+            live_reporters=election.live_reporters,
+            broker_group=self.config.broker_group,
         )

@@ -86,9 +86,11 @@ class Stack:
         *,
         config: GatewayConfig | None = None,
         sim_brokers: Sequence[MosquittoProcess] | None = None,
+        all_ready: bool = True,
         **table: Any,
     ) -> None:
         self.brokers = list(brokers)
+        self.all_ready = all_ready
         self.config = config or make_config(brokers, game, **table)
         self.game = self.config.table.game.value
         self.code = self.config.table.code
@@ -112,8 +114,16 @@ class Stack:
         self._stack.push_async_callback(stop_sim)
         await self.sim.wait_connected()
         await self._stack.enter_async_context(self.sidecar)
+        changed = asyncio.Event()
+        self.sidecar.pool.add_listener(changed.set)
         async with asyncio.timeout(10):
             await self.sidecar.wait_serving()
+            # Every broker up, so that tests start from the preferred broker being active.
+            while self.all_ready:
+                changed.clear()
+                if all(s.ready for s in self.sidecar.pool.statuses()):
+                    break
+                await changed.wait()
         self.client = await self._stack.enter_async_context(GatewayClient(self.sidecar.address))
         return self
 

@@ -219,7 +219,9 @@ async def test_wrong_credentials_are_named_in_health() -> None:
             "failover": FAST_FAILOVER,
         }
         config = parse_config(doc, source="<test>", env={"PW": "wrong"})
-        async with Stack([secured, open_], config=config, sim_brokers=[open_]) as s:
+        async with Stack(
+            [secured, open_], config=config, sim_brokers=[open_], all_ready=False
+        ) as s:
             link = s.sidecar.pool.links["secured"]
             await until(lambda: bool(link.status().last_error), 5, "auth error recorded")
             health = await s.client.health()

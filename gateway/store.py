@@ -1,0 +1,105 @@
+"""The shared store: a Redis connection built from config, and the names of our keys.
+
+URLs: ``redis://`` and ``rediss://`` (TLS, AUTH in the URL), ``unix://``, and
+``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`` (or
+``rediss+sentinel://``) for a Sentinel-managed master, which follows Redis failovers.
+Timeouts are short and redis-py's own retries are off: the election notices an
+unreachable store in well under a second and degrades instead of stalling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+
+from gateway.config import RedisConfig
+from gateway.errors import ConfigError
+
+SOCKET_TIMEOUT_S = 0.5
+
+
+def connect(config: RedisConfig) -> redis.Redis:
+    """A client (connection pool) for the configured store; connects lazily."""
+    url = config.url
+    if url is None:
+        raise ConfigError("no Redis URL configured")
+    options: dict[str, object] = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": SOCKET_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+        "decode_responses": True,
+    }
+    scheme = url.split("://", 1)[0]
+    if not scheme.endswith("+sentinel"):
+        return redis.from_url(url, **options)
+    parts = urlsplit(url)
+    password = unquote(parts.password) if parts.password else None
+    hosts = []
+    for item in parts.netloc.rsplit("@", 1)[-1].split(","):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"Redis Sentinel URL: bad host:port {item!r}")
+        hosts.append((host, int(port)))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ConfigError("Redis Sentinel URL: the master's service name is missing")
+    db = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        hosts,
+        sentinel_kwargs={"password": password, "socket_timeout": SOCKET_TIMEOUT_S},
+        password=password,
+        db=db,
+        ssl=scheme.startswith("rediss"),
+        **options,
+    )
+    master: redis.Redis = sentinel.master_for(path[0])
+    return master
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Every key and channel of one broker group, under the configured prefix."""
+
+    prefix: str
+    group: str
+
+    @property
+    def _base(self) -> str:
+        return f"{self.prefix}:group:{self.group}"
+
+    @property
+    def record(self) -> str:
+        """Hash: the active broker, epoch, who decided, when, why."""
+        return f"{self._base}:record"
+
+    @property
+    def channel(self) -> str:
+        """Pub/sub channel announcing every new record."""
+        return f"{self._base}:changed"
+
+    @property
+    def reporters(self) -> str:
+        """Set of instance ids that reported a view (stale members are pruned on read)."""
+        return f"{self._base}:reporters"
+
+    def view(self, instance_id: str) -> str:
+        """String (JSON) with a TTL: one sidecar's view of every broker."""
+        return f"{self._base}:view:{instance_id}"
+
+    @property
+    def view_prefix(self) -> str:
+        return f"{self._base}:view:"
+
+    def stats(self, instance_id: str) -> str:
+        """Hash with a TTL: one sidecar's counters."""
+        return f"{self._base}:stats:{instance_id}"
+
+    @property
+    def stats_pattern(self) -> str:
+        return f"{self._base}:stats:*"
