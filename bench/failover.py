@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -44,7 +45,7 @@ import grpc
 from gateway.client import GatewayClient
 from gateway.config import LinkTimings, default_topics
 from gateway.protocol import RouletteNumber
-from gateway.sandbox import HOST, MosquittoProcess, free_port
+from gateway.sandbox import HOST, MosquittoProcess
 from gateway.sim import Behaviour, IdpSimulator, SimBroker, SimTable, derive_result
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
@@ -107,12 +108,13 @@ def write_configs(workdir: Path, codes: list[str], brokers: list[dict[str, Any]]
     return [str(path) for path in paths]
 
 
-async def spawn_sidecar(stack: contextlib.AsyncExitStack, config: str, listen: str) -> None:
-    """Start ``gateway serve`` (log next to its config), stopped when ``stack`` closes."""
+async def spawn_sidecar(stack: contextlib.AsyncExitStack, config: str) -> asyncio.Task[str]:
+    """Start ``gateway serve`` on port 0 (no race for a free port), stopped with ``stack``;
+    the task returns its address once it is serving with every broker connected."""
     out = os.open(config.replace(".json", ".log"), os.O_WRONLY | os.O_CREAT, 0o644)
     try:
         proc = await asyncio.create_subprocess_exec(
-            *PDEATHSIG, *SERVE, "--config", config, "--listen", listen,
+            *PDEATHSIG, *SERVE, "--config", config, "--listen", f"{HOST}:0",
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )  # fmt: skip
     finally:
@@ -128,6 +130,15 @@ async def spawn_sidecar(stack: contextlib.AsyncExitStack, config: str, listen: s
             await asyncio.wait_for(proc.wait(), 5)
 
     stack.push_async_callback(stop)
+    task = asyncio.create_task(ready(proc, config.replace(".json", ".log")))
+    stack.callback(task.cancel)
+    return task
+
+
+def logged(log: str, pattern: str) -> str | None:
+    """The first match of ``pattern`` (its group 1) in a log file, if any."""
+    found = re.search(pattern, Path(log).read_text(errors="replace"))
+    return found.group(1) if found else None
 
 
 async def until(predicate: Callable[[], bool], limit_s: float) -> bool:
@@ -140,8 +151,12 @@ async def until(predicate: Callable[[], bool], limit_s: float) -> bool:
     return False
 
 
-async def ready(address: str) -> None:
-    """Until the sidecar answers Health with every broker connected (the caller bounds it)."""
+async def ready(proc: asyncio.subprocess.Process, log: str) -> str:
+    """The sidecar's address once it serves with every broker connected (the caller bounds it)."""
+    while (address := logged(log, r"listening on (\S+);")) is None:
+        if proc.returncode is not None:
+            raise RuntimeError(f"sidecar exited: {logged(log, r'(?s)(.{0,300})$')}")
+        await asyncio.sleep(0.01)
     fast = [("grpc.initial_reconnect_backoff_ms", 20), ("grpc.min_reconnect_backoff_ms", 20)]
     async with grpc.aio.insecure_channel(address, options=fast) as channel:
         stub = pb_grpc.GatewayServiceStub(channel)
@@ -149,20 +164,16 @@ async def ready(address: str) -> None:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 h = await stub.Health(pb.HealthRequest(), timeout=0.5)
                 if h.brokers and all(b.connected for b in h.brokers):
-                    return
+                    return address
             await asyncio.sleep(0.02)
 
 
 def switch_time(log: str, fault_wall: float) -> float | None:
     """Fault -> the sidecar's own "active broker b1 -> b2" log line (ms resolution)."""
-    for line in Path(log).read_text(errors="replace").splitlines():
-        with contextlib.suppress(ValueError):
-            doc = json.loads(line)
-            if str(doc.get("message", "")).startswith("active broker b1 -> b2"):
-                t = doc["time"]
-                wall = timegm(time.strptime(t[:19], "%Y-%m-%dT%H:%M:%S")) + int(t[20:23]) / 1000
-                return wall - fault_wall
-    return None
+    t = logged(log, r'"time": "([^"]+)"[^\n]*"message": "active broker b1 -> b2')
+    if t is None:
+        return None
+    return timegm(time.strptime(t[:19], "%Y-%m-%dT%H:%M:%S")) + int(t[20:23]) / 1000 - fault_wall
 
 
 async def trial(fault: str, tables: int, workdir: Path) -> dict[str, Any]:
@@ -179,12 +190,10 @@ async def trial(fault: str, tables: int, workdir: Path) -> dict[str, Any]:
         await sim.wait_connected(10)
         brokers = [{"id": b.id, "host": HOST, "port": b.port, "priority": i + 1}
                    for i, b in enumerate(sim_brokers)]  # fmt: skip
-        configs, addresses = write_configs(workdir, codes, brokers), []
-        for config in configs:
-            addresses.append(f"{HOST}:{free_port()}")
-            await spawn_sidecar(stack, config, addresses[-1])
+        configs = write_configs(workdir, codes, brokers)
+        starting = [await spawn_sidecar(stack, config) for config in configs]
         async with asyncio.timeout(30):
-            await asyncio.gather(*(ready(a) for a in addresses))
+            addresses = await asyncio.gather(*starting)
         clients = [await stack.enter_async_context(GatewayClient(a)) for a in addresses]
         desks = [Table(code, client) for code, client in zip(codes, clients, strict=True)]
         stop = asyncio.Event()

@@ -359,6 +359,9 @@ class RoundDesk:
             if rnd.timeout_owed:  # its caller left while the detect was on its way
                 rnd.timeout_owed = False
                 await self._publish_timeout(rnd)
+            # The broker may have died (and the active one changed) while its PUBACK was
+            # on the way: on_decision could not re-publish a round not yet marked published.
+            self.on_decision(self._bus.decision())
             return
         if not rnd.closed and not rnd.future.done():
             rnd.future.set_exception(

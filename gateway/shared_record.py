@@ -33,39 +33,32 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 
 from gateway.config import GatewayConfig
-from gateway.election import Decision, ElectionStatus, LinkStatus, decide, effective_holddown
-from gateway.store import Keys
+from gateway.election import (
+    Decision,
+    ElectionStatus,
+    LinkState,
+    LinkStatus,
+    decide,
+    effective_holddown,
+)
+from gateway.store import RECORD_FIELD, VIEW_PREFIX, Keys
 
 log = logging.getLogger(__name__)
 
-# KEYS: record. ARGV: expected epoch ("" = must be absent), new epoch, broker, by, at,
-# reason, channel. Returns {1, new} on success, {0, current or -1} otherwise.
+# KEYS: group hash. ARGV: expected epoch ("" = no record yet), record JSON, new epoch,
+# channel. Returns {1, new epoch} on success, {0, current epoch or -1} otherwise.
 CAS_SCRIPT = """
-local cur = redis.call('HGET', KEYS[1], 'epoch')
+local cur = redis.call('HGET', KEYS[1], 'record')
+local epoch = -1
+if cur then epoch = tonumber(cjson.decode(cur)['epoch']) end
 if ARGV[1] == '' then
-  if cur then return {0, tonumber(cur)} end
-elseif cur ~= ARGV[1] then
-  return {0, tonumber(cur or '-1')}
+  if cur then return {0, epoch} end
+elseif epoch ~= tonumber(ARGV[1]) then
+  return {0, epoch}
 end
-redis.call('HSET', KEYS[1], 'broker', ARGV[3], 'epoch', ARGV[2], 'by', ARGV[4],
-           'at', ARGV[5], 'reason', ARGV[6])
-redis.call('PUBLISH', ARGV[7], ARGV[2])
-return {1, tonumber(ARGV[2])}
-"""
-# KEYS: view, reporters. ARGV: view JSON, ttl ms, instance id.
-REPORT_SCRIPT = """
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
-return 1
-"""
-# KEYS: reporters. ARGV: view key prefix. Returns the live views; prunes expired members.
-VIEWS_SCRIPT = """
-local out = {}
-for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  local v = redis.call('GET', ARGV[1] .. id)
-  if v then table.insert(out, v) else redis.call('SREM', KEYS[1], id) end
-end
-return out
+redis.call('HSET', KEYS[1], 'record', ARGV[2])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return {1, tonumber(ARGV[3])}
 """
 
 
@@ -77,24 +70,44 @@ class Record:
     at: float
     reason: str
 
+    def to_json(self) -> str:
+        return json.dumps(vars(self), separators=(",", ":"))
+
+    @staticmethod
+    def from_json(text: str) -> Record:
+        d = json.loads(text)
+        return Record(str(d["broker"]), int(d["epoch"]), str(d["by"]), float(d["at"]),
+                      str(d["reason"]))  # fmt: skip
+
 
 @dataclass(frozen=True)
 class View:
-    """One sidecar's report: which brokers it sees up, since when (Unix time)."""
+    """One sidecar's report: which brokers it sees up, since when (Unix time).
+
+    ``seq`` grows with every report; a view whose ``seq`` has not moved for
+    ``view_ttl_s`` (by the reader's own clock, so clocks need not agree) is dead.
+    """
 
     instance: str
     epoch: int  # the highest epoch it has seen
     up: dict[str, float]  # broker id -> up since
     failures: dict[str, int]
+    seq: int = 0
 
     def to_json(self) -> str:
-        doc = {"i": self.instance, "e": self.epoch, "up": self.up, "f": self.failures}
+        doc = {
+            "i": self.instance,
+            "e": self.epoch,
+            "up": self.up,
+            "f": self.failures,
+            "s": self.seq,
+        }
         return json.dumps(doc, separators=(",", ":"))
 
     @staticmethod
     def from_json(text: str) -> View:
         d = json.loads(text)
-        return View(str(d["i"]), int(d["e"]), dict(d["up"]), dict(d.get("f", {})))
+        return View(str(d["i"]), int(d["e"]), dict(d["up"]), dict(d.get("f", {})), int(d["s"]))
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,7 @@ def plan(
     busy: bool,
     config: GatewayConfig,
     now: float,
+    settled: bool = True,
 ) -> Proposal | None:
     """What, if anything, this sidecar should write to the record now (pure)."""
     live = {v.instance: v for v in views}
@@ -127,6 +141,8 @@ def plan(
     prio = {b.id: b.priority for b in config.brokers}
     order = sorted(prio, key=lambda b: (prio[b], b))
     mine = [b for b in order if b in me.up]
+    if record is None and not settled:
+        return None  # let every link finish connecting before the first record
     if record is None or record.epoch < floor:
         keep = record.broker if record and record.broker in me.up else current
         broker = keep if keep in me.up else (mine[0] if mine else None)
@@ -191,12 +207,12 @@ class SharedElector:
         self._live = 0
         self._reachable = False
         self._error = "not connected yet"
-        self._unreachable_since = time.monotonic()
+        self._started = self._unreachable_since = time.monotonic()
         self._active_dead_since: float | None = None
         self._dirty = asyncio.Event()
         self._cas = client.register_script(CAS_SCRIPT)
-        self._report = client.register_script(REPORT_SCRIPT)
-        self._views = client.register_script(VIEWS_SCRIPT)
+        self._seq = 0
+        self._seen: dict[str, tuple[int, float]] = {}  # view field -> (seq, when it last moved)
         self.redis_errors = 0
 
     # --- the Elector interface ------------------------------------------------------
@@ -277,8 +293,10 @@ class SharedElector:
         now = time.monotonic()
         if self._active_dead_since is None:
             self._active_dead_since = now
-        if cur.broker_id is not None and now - self._active_dead_since < self._r.grace_s:
+        if now - self._active_dead_since < self._r.grace_s:
             return
+        if cur.broker_id is None and now - self._started < self._r.grace_s:
+            return  # at start, give the store its chance first
         broker, why, _ = decide(self._links, None, False, self._config.timings, self._clock())
         if broker is not None and broker != cur.broker_id:
             reason = f"shared store unreachable ({self._error}): local fail-over, {why}"
@@ -289,56 +307,81 @@ class SharedElector:
     def _my_view(self) -> View:
         now_wall, now = time.time(), time.monotonic()
         up = {s.id: round(now_wall - (now - s.since), 3) for s in self._links if s.ready}
-        return View(self._id, self._max_epoch, up, {s.id: s.failures for s in self._links})
+        self._seq += 1
+        failures = {s.id: s.failures for s in self._links}
+        return View(self._id, self._max_epoch, up, failures, self._seq)
 
-    async def _read_record(self) -> Record | None:
-        raw = await self._client.hgetall(self.keys.record)
-        h = {str(k): str(v) for k, v in raw.items()}
-        if not h:
+    def _parse_record(self, text: str | None) -> Record | None:
+        if text is None:
             return None
         try:
-            return Record(h["broker"], int(h["epoch"]), h.get("by", ""), float(h.get("at", 0)),
-                          h.get("reason", ""))  # fmt: skip
-        except (KeyError, ValueError) as exc:
-            log.error("malformed shared record %s: %s; re-creating it", h, exc)
+            return Record.from_json(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("malformed shared record %r: %s; it will be re-created", text, exc)
             return None
 
+    async def _read_record(self) -> Record | None:
+        text = await self._client.hget(self.keys.group_hash, RECORD_FIELD)
+        return self._parse_record(None if text is None else str(text))
+
+    def _live_views(self, fields: dict[str, str]) -> tuple[list[View], list[str]]:
+        """The views whose ``seq`` moved within ``view_ttl_s``, and the dead fields."""
+        now = time.monotonic()
+        views, dead = [], []
+        for name, text in fields.items():
+            if not name.startswith(VIEW_PREFIX) or name == VIEW_PREFIX + self._id:
+                continue
+            try:
+                view = View.from_json(text)
+            except (ValueError, KeyError, TypeError):
+                dead.append(name)
+                continue
+            seen = self._seen.get(name)
+            if seen is None or seen[0] != view.seq:
+                self._seen[name] = (view.seq, now)
+            elif now - seen[1] > self._r.view_ttl_s:
+                dead.append(name)
+                continue
+            views.append(view)
+        for name in dead:
+            self._seen.pop(name, None)
+        return views, dead
+
     async def _step(self) -> None:
-        """Report our view, read the record and the views, propose if the rules say so."""
+        """Report our view, read the shared state (one HGETALL), propose if the rules say so."""
         me = self._my_view()
-        ttl_ms = int(self._r.view_ttl_s * 1000)
-        await self._report(
-            keys=[self.keys.view(self._id), self.keys.reporters],
-            args=[me.to_json(), ttl_ms, self._id],
-        )
-        record = await self._read_record()
-        raw = await self._views(keys=[self.keys.reporters], args=[self.keys.view_prefix])
-        views = []
-        for text in raw:
-            with contextlib.suppress(ValueError, KeyError, TypeError):
-                views.append(View.from_json(text))
-        self._live = len({v.instance for v in views} | {self._id})
+        await self._client.hset(self.keys.group_hash, VIEW_PREFIX + self._id, me.to_json())
+        raw = await self._client.hgetall(self.keys.group_hash)
+        fields = {str(k): str(v) for k, v in raw.items()}
+        record = self._parse_record(fields.get(RECORD_FIELD))
+        views, dead = self._live_views(fields)
+        if dead:  # a sidecar that stopped reporting: drop it for everyone
+            await self._client.hdel(self.keys.group_hash, *dead)
+        self._live = len(views) + 1
         if not self._reachable:
             log.warning("shared store reachable again: adopting the shared record")
         self._reachable, self._error = True, ""
         self._active_dead_since = None
         if record is not None:
             self._adopt(record)
+        settled = all(s.state is not LinkState.CONNECTING for s in self._links) or (
+            time.monotonic() - self._started >= self._r.grace_s
+        )
         proposal = plan(record, views, me, self._links, self._decision.broker_id, self._busy,
-                        self._config, time.time())  # fmt: skip
+                        self._config, time.time(), settled)  # fmt: skip
         if proposal is not None:
             await self._propose(proposal)
 
     async def _propose(self, p: Proposal) -> None:
         expected = "" if p.expected is None else str(p.expected)
-        won, epoch = await self._cas(
-            keys=[self.keys.record],
-            args=[expected, p.epoch, p.broker, self._id, repr(time.time()), p.reason,
-                  self.keys.channel],
-        )  # fmt: skip
+        record = Record(p.broker, p.epoch, self._id, time.time(), p.reason)
+        won, _ = await self._cas(
+            keys=[self.keys.group_hash],
+            args=[expected, record.to_json(), p.epoch, self.keys.channel],
+        )
         if won:
             log.info("shared record: %s -> epoch %d (%s)", p.broker, p.epoch, p.reason)
-            self._adopt(Record(p.broker, int(epoch), self._id, time.time(), p.reason))
+            self._adopt(record)
         else:
             self._dirty.set()  # lost the race: read what won and look again
 

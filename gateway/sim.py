@@ -266,6 +266,7 @@ class IdpSimulator:
         self._ready = {b.id: asyncio.Event() for b in brokers}
         self._changed = asyncio.Condition()
         self._detections: dict[str, asyncio.Task[None]] = {}
+        self._origins: dict[str, list[_Origin]] = {}  # brokers that carried the round, per table
         self._shakes: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._rounds: dict[str, tuple[str | None, str | None]] = {}  # (previous, current)
@@ -427,10 +428,22 @@ class IdpSimulator:
         if rid != current:
             previous = current
             self._rounds[code] = (previous, rid)
+            self._origins[code] = []
+        # The same round again through another broker (a gateway re-publishing after a
+        # broker switch, possibly delivered out of order): answer on every broker that
+        # carried it, so a late copy through a dying broker cannot strand the answer.
+        origins = [o for o in self._origins.get(code, []) if o.broker != origin.broker]
+        self._origins[code] = [*origins, origin]
         if (task := self._detections.pop(code, None)) is not None:
             task.cancel()
         self._detections[code] = self._spawn(
-            self._detect(origin, table, rid, previous or f"{code}-stale", self.behaviour_for(code))
+            self._detect(
+                self._origins[code],
+                table,
+                rid,
+                previous or f"{code}-stale",
+                self.behaviour_for(code),
+            )
         )
 
     def _prelude(
@@ -456,7 +469,7 @@ class IdpSimulator:
         yield from [_frame({"round_id": rid, "res": _EARLY_EMPTY[game], "err": 0})] * b.early_empty
 
     async def _detect(
-        self, origin: _Origin, table: SimTable, rid: str, previous: str, b: Behaviour
+        self, origins: list[_Origin], table: SimTable, rid: str, previous: str, b: Behaviour
     ) -> None:
         start, code, topic = time.monotonic(), table.table_code, table.response_topic
         if b.answer == "error":
@@ -469,7 +482,7 @@ class IdpSimulator:
             res = derive_result(table.game, rid) if b.result is None else b.result
             final = {"round_id": rid, "res": res, "err": 0}
         for frame in self._prelude(table.game, rid, previous, b, final["res"]):
-            if not await self._publish(origin, topic, frame, b.answer_on):
+            if not await self._publish_any(origins, topic, frame, b.answer_on):
                 return
         await asyncio.sleep(max(0.0, b.delay_s - (time.monotonic() - start)))
         if b.answer == "silence":
@@ -479,7 +492,7 @@ class IdpSimulator:
         while sent < b.repeats or b.stream_interval_s > 0:
             if sent >= b.repeats:
                 await asyncio.sleep(b.stream_interval_s)
-            if not await self._publish(origin, topic, payload, b.answer_on):
+            if not await self._publish_any(origins, topic, payload, b.answer_on):
                 return
             sent += 1
             log.info(
@@ -489,7 +502,7 @@ class IdpSimulator:
                 final["res"],
                 final["err"],
                 sent,
-                origin.broker,
+                ",".join(o.broker for o in origins),
             )
 
     def _on_shaker(self, origin: _Origin, table: SimTable, text: str) -> None:
@@ -526,6 +539,17 @@ class IdpSimulator:
         assert table.shaker_says is not None
         if await self._publish(origin, table.shaker_says, state.encode(), on):
             log.info("shaker %s says %s (via %s)", table.table_code, state, origin.broker)
+
+    async def _publish_any(
+        self, origins: list[_Origin], topic: str, payload: bytes, answer_on: str
+    ) -> bool:
+        """Publish through each origin (or all brokers); True if any got it out."""
+        if answer_on == "all":
+            return await self._publish(origins[-1], topic, payload, answer_on)
+        results = await asyncio.gather(
+            *(self._publish(o, topic, payload, answer_on) for o in origins)
+        )
+        return any(results)
 
     async def _publish(self, origin: _Origin, topic: str, payload: bytes, answer_on: str) -> bool:
         """Publish QoS 1; False when the command's broker is gone (answer_on "same")."""

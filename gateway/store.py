@@ -21,6 +21,8 @@ from gateway.config import RedisConfig
 from gateway.errors import ConfigError
 
 SOCKET_TIMEOUT_S = 0.5
+RECORD_FIELD = "record"  # in Keys.group_hash
+VIEW_PREFIX = "view:"  # in Keys.group_hash, followed by the instance id
 
 
 def connect(config: RedisConfig) -> redis.Redis:
@@ -74,27 +76,16 @@ class Keys:
         return f"{self.prefix}:group:{self.group}"
 
     @property
-    def record(self) -> str:
-        """Hash: the active broker, epoch, who decided, when, why."""
-        return f"{self._base}:record"
+    def group_hash(self) -> str:
+        """Hash of the group: field ``record`` (the active broker, epoch, who decided, when,
+        why; JSON) and one field ``view:<instance>`` per sidecar (its view of the brokers).
+        One HGETALL reads the whole shared state, whatever the number of sidecars."""
+        return self._base
 
     @property
     def channel(self) -> str:
-        """Pub/sub channel announcing every new record."""
+        """Pub/sub channel announcing every new record (the message is its epoch)."""
         return f"{self._base}:changed"
-
-    @property
-    def reporters(self) -> str:
-        """Set of instance ids that reported a view (stale members are pruned on read)."""
-        return f"{self._base}:reporters"
-
-    def view(self, instance_id: str) -> str:
-        """String (JSON) with a TTL: one sidecar's view of every broker."""
-        return f"{self._base}:view:{instance_id}"
-
-    @property
-    def view_prefix(self) -> str:
-        return f"{self._base}:view:"
 
     def stats(self, instance_id: str) -> str:
         """Hash with a TTL: one sidecar's counters."""

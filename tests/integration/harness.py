@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiomqtt
@@ -40,6 +40,8 @@ def make_config(
     game: str = "roulette",
     code: str | None = None,
     failover: dict[str, Any] | None = None,
+    redis: dict[str, Any] | None = None,
+    ports: dict[str, int] | None = None,
     **table: Any,
 ) -> GatewayConfig:
     """A config in the gateway's own format for one table on the given brokers."""
@@ -57,11 +59,19 @@ def make_config(
             **table,
         },
         "brokers": [
-            {"id": f"b{i + 1}", "host": b.host, "port": b.port, "priority": i + 1}
+            {
+                "id": f"b{i + 1}",
+                "host": b.host,
+                "port": (ports or {}).get(f"b{i + 1}", b.port),
+                "priority": i + 1,
+            }
             for i, b in enumerate(brokers)
         ],
         "failover": {**FAST_FAILOVER, **(failover or {})},
     }
+    if redis is not None:
+        doc["broker_group"] = "test-group"
+        doc["redis"] = redis
     return parse_config(doc, source="<test>", env={})
 
 
@@ -164,3 +174,54 @@ async def wait_health(address: str, status: str, service: str = "") -> None:
             if update.status == want:
                 stream.cancel()
                 return
+
+
+FAST_REDIS = {
+    "refresh_s": 0.2,
+    "view_ttl_s": 1.0,
+    "grace_s": 0.5,
+    "stats_interval_s": 0.2,
+    "stats_ttl_s": 1.0,
+}
+
+
+@contextlib.asynccontextmanager
+async def fleet(
+    brokers: list[MosquittoProcess],
+    codes: list[str],
+    behaviour: Behaviour,
+    *,
+    redis_url: str | None = None,
+    ports: dict[str, dict[str, int]] | None = None,
+    **config: Any,
+) -> AsyncIterator[tuple[IdpSimulator, list[Sidecar], list[GatewayClient]]]:
+    """One simulated IDP per table and one sidecar per table, like a studio floor.
+
+    With ``redis_url`` the sidecars share one broker group and its record; ``ports``
+    re-routes a table's sidecar to a broker through another port (e.g. a TCP proxy).
+    """
+    redis = None if redis_url is None else {**FAST_REDIS, "url": redis_url}
+    configs = [
+        make_config(brokers, "roulette", code, redis=redis, ports=(ports or {}).get(code), **config)
+        for code in codes
+    ]
+    devices, tables = sim_devices([make_config(brokers, "roulette", c) for c in codes])
+    sim = IdpSimulator(devices, tables, behaviour)
+    task = asyncio.create_task(sim.run())
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def stop_sim() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        stack.push_async_callback(stop_sim)
+        await sim.wait_connected()
+        sidecars = [
+            await stack.enter_async_context(Sidecar(c, listen="127.0.0.1:0")) for c in configs
+        ]
+        async with asyncio.timeout(10):
+            for s in sidecars:
+                await s.wait_serving()
+        clients = [await stack.enter_async_context(GatewayClient(s.address)) for s in sidecars]
+        yield sim, sidecars, clients

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,14 @@ from gateway.election import Decision
 from gateway.sandbox import MosquittoProcess, make_tls_material
 from gateway.sim import Behaviour, IdpSimulator
 from gateway.v1 import gateway_pb2 as pb
-from tests.integration.harness import FAST_FAILOVER, Stack, expected, make_config, wait_health
+from tests.integration.harness import (
+    FAST_FAILOVER,
+    Stack,
+    expected,
+    fleet,
+    make_config,
+    wait_health,
+)
 
 
 def watch_decisions(sidecar: Sidecar) -> list[tuple[float, Decision]]:
@@ -41,28 +47,6 @@ async def until(predicate: Any, limit_s: float, what: str) -> None:
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"not within {limit_s}s: {what}") from None
-
-
-@contextlib.asynccontextmanager
-async def fleet(
-    brokers: list[MosquittoProcess], codes: list[str], behaviour: Behaviour
-) -> AsyncIterator[tuple[IdpSimulator, list[Sidecar], list[GatewayClient]]]:
-    """One simulated IDP per table and one sidecar per table, like a studio floor."""
-    configs = [make_config(brokers, "roulette", code) for code in codes]
-    devices, tables = sim_devices(configs)
-    sim = IdpSimulator(devices, tables, behaviour)
-    task = asyncio.create_task(sim.run())
-    async with contextlib.AsyncExitStack() as stack:
-        stack.callback(task.cancel)
-        await sim.wait_connected()
-        sidecars = [
-            await stack.enter_async_context(Sidecar(c, listen="127.0.0.1:0")) for c in configs
-        ]
-        async with asyncio.timeout(10):
-            for s in sidecars:
-                await s.wait_serving()
-        clients = [await stack.enter_async_context(GatewayClient(s.address)) for s in sidecars]
-        yield sim, sidecars, clients
 
 
 async def run_rounds(
@@ -96,16 +80,18 @@ async def test_kill_of_the_active_broker_under_load_loses_no_round(
             asyncio.create_task(run_rounds(c, code, stop, results, failures))
             for c, code in zip(clients, codes, strict=True)
         ]
-        await until(lambda: len(results) >= 15, 10, "rounds before the fault")
-        killed_at = time.monotonic()
-        await b1.kill()
-        await until(
-            lambda: sum(1 for t, d in results if t > killed_at and d.broker_id == "b2") >= 15,
-            10,
-            "rounds through b2 after the kill",
-        )
-        stop.set()
-        await asyncio.gather(*tasks)
+        try:
+            await until(lambda: len(results) >= 15, 10, "rounds before the fault")
+            killed_at = time.monotonic()
+            await b1.kill()
+            await until(
+                lambda: sum(1 for t, d in results if t > killed_at and d.broker_id == "b2") >= 15,
+                10,
+                "rounds through b2 after the kill",
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
         assert failures == []
         for s in sidecars:
             assert s.pool.decision().broker_id == "b2"
