@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="print a sidecar's Health")
     p.add_argument("--target", default=DEFAULT_LISTEN, metavar="HOST:PORT")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
+    p.add_argument(
+        "--fleet", action="store_true", help="also every live sidecar of its broker group"
+    )
 
     p = sub.add_parser("sim", help="simulate the IDPs (and SicBo shakers) of some tables")
     p.add_argument(
@@ -154,13 +157,37 @@ async def _health(args: argparse.Namespace) -> int:
     async with GatewayClient(args.target) as client:
         try:
             h = await client.health()
+            stats = await client.stats(fleet=True) if args.fleet else None
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
     if args.json:
         print(json_format.MessageToJson(h))
+        if stats is not None:
+            print(json_format.MessageToJson(stats))
     else:
         print(describe_health(h))
+        if stats is not None:
+            print(describe_fleet(stats))
     return 0 if h.status in (pb.HealthResponse.SERVING, pb.HealthResponse.DEGRADED) else 3
+
+
+def describe_fleet(s: pb.StatsResponse) -> str:
+    if s.fleet_error:
+        return f"fleet of {s.broker_group}: {s.fleet_error}"
+    t = s.totals
+    lines = [
+        f"fleet of {s.broker_group}: {t.sidecars} sidecar(s); connections total "
+        f"{t.total_connections}, active {t.active_connections}, failed {t.failed_connections}; "
+        f"detects ok {t.detects_ok}, timed out {t.detects_timed_out}, failed {t.detects_failed}"
+    ]
+    for side in s.fleet:
+        up = sum(1 for b in side.brokers if b.connected)
+        lines.append(
+            f"  {side.instance_id:<24} {side.table_code:<10} active {side.active_broker_id or '-'}"
+            f" epoch {side.epoch}  brokers up {up}/{len(side.brokers)}"
+            f"  detects ok {side.counters.detects_ok}"
+        )
+    return "\n".join(lines)
 
 
 def describe_health(h: pb.HealthResponse) -> str:
@@ -175,6 +202,10 @@ def describe_health(h: pb.HealthResponse) -> str:
         lines.append(
             f" {mark} {b.id:<24} prio {b.priority}  {state:<10} rtt {b.probe_rtt_ms:6.2f} ms"
             f"  failures {b.failures}" + (f"  last error: {b.last_error}" if b.last_error else "")
+        )
+    if h.election != "not configured":
+        lines.append(
+            f"  election ({h.broker_group}): {h.election}; {h.live_reporters} live sidecar(s)"
         )
     c = h.counters
     lines.append(

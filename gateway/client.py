@@ -102,3 +102,9 @@ class GatewayClient:
 
     async def health(self, *, deadline_s: float | None = 5.0) -> pb.HealthResponse:
         return await self.stub.Health(pb.HealthRequest(), timeout=deadline_s)
+
+    async def stats(
+        self, *, fleet: bool = False, deadline_s: float | None = 5.0
+    ) -> pb.StatsResponse:
+        """This sidecar's statistics, and with ``fleet`` its broker group's."""
+        return await self.stub.GetStats(pb.StatsRequest(fleet=fleet), timeout=deadline_s)

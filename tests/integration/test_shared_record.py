@@ -237,3 +237,29 @@ async def test_fleet_stats_and_their_expiry(
         assert {s.instance_id for s in (await fleet_size()).fleet} == {
             s.instance_id for s in sidecars
         }
+
+
+async def test_cli_health_fleet_shows_the_group(
+    two_brokers: list[MosquittoProcess], redis_server: RedisProcess
+) -> None:
+    """`gateway health --fleet` prints the election state and every live sidecar with totals."""
+    from tests.integration.test_cli import gateway, run
+
+    async with fleet(
+        two_brokers, CODES[:2], Behaviour(delay_s=0.02), redis_url=redis_server.url
+    ) as (_, sidecars, clients):
+        await until(lambda: set(decisions(sidecars)) == {("b1", 1)}, 5, "agreement")
+
+        async def both_listed() -> bool:
+            stats = await clients[0].stats(fleet=True)
+            return stats.totals.sidecars == 2 and stats.totals.active_connections == 4
+
+        async with asyncio.timeout(5):
+            while not await both_listed():  # noqa: ASYNC110 - polls the store
+                await asyncio.sleep(0.1)
+        code, out, err = await run(*gateway("health", "--target", sidecars[0].address, "--fleet"))
+        assert code == 0, err
+        assert "election (test-group): connected: epoch 1" in out
+        assert "fleet of test-group: 2 sidecar(s); connections total 4, active 4, failed 0" in out
+        for s in sidecars:
+            assert s.instance_id in out
