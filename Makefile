@@ -12,6 +12,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/detect_overhead.py
+	$(VENV)/bin/python bench/failover.py
+	$(VENV)/bin/python bench/election.py
 
 $(STAMP): pyproject.toml scripts/bootstrap
 	VENV=$(VENV) scripts/bootstrap

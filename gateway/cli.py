@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from typing import cast
 
 import grpc
@@ -15,7 +16,7 @@ from google.protobuf import json_format
 from gateway import sim as simulator
 from gateway.app import DEFAULT_LISTEN, serve
 from gateway.client import GatewayClient
-from gateway.config import GatewayConfig, RedisConfig, load_config
+from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.telemetry import configure_logging
 from gateway.v1 import gateway_pb2 as pb
@@ -105,9 +106,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _with_redis(config: GatewayConfig, url: str) -> GatewayConfig:
-    from dataclasses import replace
-
-    return replace(config, redis=RedisConfig(url=url, key_prefix=config.redis.key_prefix))
+    """The config with ``--redis-url`` taking the place of any configured URL."""
+    if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://",
+                           "rediss+sentinel://")):  # fmt: skip
+        raise ConfigError(f"--redis-url: {url.split('://')[0]!r} is not a Redis URL scheme")
+    return replace(config, redis=replace(config.redis, url=url))
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> int:

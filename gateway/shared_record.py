@@ -200,6 +200,7 @@ class SharedElector:
         self._decision = Decision(None, 0, "waiting for the shared record")
         self._listeners: list[Callable[[Decision], None]] = []
         self._links: Sequence[LinkStatus] = ()
+        self._view_key: tuple[tuple[str, bool], ...] = ()
         self._busy = False
         self._max_epoch = 0
         self._pending: Record | None = None  # a fail-back waiting for the round to end
@@ -224,11 +225,14 @@ class SharedElector:
         self._listeners.append(callback)
 
     def update(self, links: Sequence[LinkStatus], busy: bool) -> None:
+        view = tuple((s.id, s.ready) for s in links)
+        changed, self._view_key = view != self._view_key, view
         self._links, self._busy = links, busy
         if not busy and self._pending is not None:
             record, self._pending = self._pending, None
             self._adopt(record)
-        self._dirty.set()
+        if changed or not busy:
+            self._dirty.set()  # report the new view now; a round's end may allow a fail-back
         if not self._reachable:
             self._local_fallback()
 

@@ -225,3 +225,13 @@ async def fleet(
                 await s.wait_serving()
         clients = [await stack.enter_async_context(GatewayClient(s.address)) for s in sidecars]
         yield sim, sidecars, clients
+
+
+async def until(predicate: Any, limit_s: float, what: str) -> None:
+    """Wait for a condition spread over several objects (sidecars, simulator), bounded."""
+    try:
+        async with asyncio.timeout(limit_s):
+            while not predicate():  # noqa: ASYNC110 - state spread over objects, no one event
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"not within {limit_s}s: {what}") from None

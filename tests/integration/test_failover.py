@@ -28,6 +28,7 @@ from tests.integration.harness import (
     expected,
     fleet,
     make_config,
+    until,
     wait_health,
 )
 
@@ -37,16 +38,6 @@ def watch_decisions(sidecar: Sidecar) -> list[tuple[float, Decision]]:
     seen: list[tuple[float, Decision]] = []
     sidecar.elector.add_listener(lambda d: seen.append((time.monotonic(), d)))
     return seen
-
-
-async def until(predicate: Any, limit_s: float, what: str) -> None:
-    """Wait for a condition spread over several objects (sidecar, simulator), bounded."""
-    try:
-        async with asyncio.timeout(limit_s):
-            while not predicate():  # noqa: ASYNC110 - state spread over objects, no one event
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"not within {limit_s}s: {what}") from None
 
 
 async def run_rounds(
@@ -289,3 +280,39 @@ async def test_two_sidecars_of_one_table_do_not_evict_each_other(
         for s in (a, b):
             link = s.pool.links["b1"]
             assert link.status().ready and link.status().failures == 0
+
+
+async def test_mutual_tls_with_a_server_name(tmp_path: Path) -> None:
+    """A broker requiring client certificates, dialled by IP, verified against its DNS name."""
+    tls = await make_tls_material(tmp_path / "pki", hosts=("localhost",))
+    async with MosquittoProcess(tls=tls, require_client_cert=True) as broker:
+        entry = {
+            "id": "mtls",
+            "host": broker.host,  # 127.0.0.1, which the certificate does not name
+            "port": broker.port,
+            "tls": {
+                "ca_file": str(tls.ca_cert),
+                "cert_file": str(tls.client_cert),
+                "key_file": str(tls.client_key),
+                "server_name": "localhost",
+            },
+        }
+        doc = {
+            "version": 1,
+            "table": {"game": "baccarat", "code": "BAC-001", "input": "rtmp://192.0.2.1/l"},
+            "brokers": [entry],
+            "failover": FAST_FAILOVER,
+        }
+        config = parse_config(doc, source="<test>", env={})
+        async with Stack([broker], config=config) as s:
+            d = await s.client.detect("BAC-001-mtls")
+            assert d.broker_id == "mtls"
+            assert d.result == expected("baccarat", "BAC-001-mtls")
+        # Without the server name, the same certificate is rejected for 127.0.0.1.
+        unnamed = {**entry, "tls": {k: v for k, v in entry["tls"].items() if k != "server_name"}}
+        config = parse_config({**doc, "brokers": [unnamed]}, source="<test>", env={})
+        async with Sidecar(config, listen="127.0.0.1:0") as sidecar:
+            link = sidecar.pool.links["mtls"]
+            await until(lambda: bool(link.status().last_error), 5, "TLS error recorded")
+            assert link.status().last_error.startswith("TLS handshake failed")
+            assert not link.status().ready

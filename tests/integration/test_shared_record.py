@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import pytest
@@ -19,7 +18,7 @@ from gateway.shared_record import CAS_SCRIPT, Record
 from gateway.sim import Behaviour
 from gateway.store import RECORD_FIELD, Keys, connect
 from gateway.v1 import gateway_pb2 as pb
-from tests.integration.harness import FAST_REDIS, expected, fleet
+from tests.integration.harness import FAST_REDIS, expected, fleet, until
 from tests.integration.proxy import TcpProxy
 
 CODES = ["ARO-005", "ARO-006", "ARO-007"]
@@ -30,16 +29,6 @@ KEYS = Keys("studio-gateway", "test-group")
 async def redis_server() -> AsyncIterator[RedisProcess]:
     async with RedisProcess() as r:
         yield r
-
-
-async def until(predicate: Any, limit_s: float, what: str) -> None:
-    """Wait for a condition spread over several sidecars, bounded."""
-    try:
-        async with asyncio.timeout(limit_s):
-            while not predicate():  # noqa: ASYNC110 - state spread over objects, no one event
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"not within {limit_s}s: {what}") from None
 
 
 def decisions(sidecars: list[Sidecar]) -> list[tuple[str | None, int]]:
