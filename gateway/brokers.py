@@ -108,9 +108,11 @@ class _ServerNameContext(ssl.SSLContext):
         return super().wrap_socket(sock, *args, **kwargs)
 
 
-def _raise_if_cancelled() -> None:
+def raise_if_cancelled() -> None:
     """Honour a cancellation that Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt)
-    swallows when the awaited future completes in the same loop step (fixed in 3.12)."""
+    swallows when the awaited future completes in the same loop step (fixed in 3.12).
+
+    Every loop that runs until cancelled and awaits aiomqtt calls this on each turn."""
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -214,7 +216,6 @@ class BrokerLink:
         self._pending.add(fut)
         try:
             await fut
-            self._publishes_ok += 1
         except asyncio.CancelledError:
             self._publishes_failed += 1
             task = asyncio.current_task()
@@ -230,6 +231,8 @@ class BrokerLink:
             ) from exc
         finally:
             self._pending.discard(fut)
+        self._publishes_ok += 1
+        raise_if_cancelled()  # the caller was cancelled but aiomqtt's wait_for ate it
 
     async def run(self) -> None:
         """Keep the connection up until cancelled."""
@@ -242,7 +245,7 @@ class BrokerLink:
                     await self._session()
                 except (aiomqtt.MqttError, ProbeMissed, OSError) as exc:
                     self._mark_down(exc)
-                _raise_if_cancelled()
+                raise_if_cancelled()
                 if time.monotonic() - started > t.backoff_max_s * 2:
                     attempt = 0  # it was up for a while: start the backoff over
                 delay = min(t.backoff_max_s, t.backoff_initial_s * 2.0**attempt)
@@ -268,7 +271,7 @@ class BrokerLink:
             logger=_mqtt_log,
         )
         async with client:
-            _raise_if_cancelled()
+            raise_if_cancelled()
             granted = await client.subscribe(
                 [(topic, 1) for topic in self._topics] + [(self._probe_topic, 0)]
             )
@@ -276,7 +279,7 @@ class BrokerLink:
             refused = [t for t, code in zip(topics, granted, strict=False) if _refused(code)]
             if refused:
                 raise aiomqtt.MqttError(f"subscription refused by the broker for {refused}")
-            _raise_if_cancelled()
+            raise_if_cancelled()
             self._client = client
             # Not a TaskGroup: on Python 3.11 a child failing while the group waits in
             # __aexit__ leaves the parent task with a pending cancel request, which later
@@ -319,7 +322,7 @@ class BrokerLink:
         seq = 0
         loop = asyncio.get_running_loop()
         while True:
-            _raise_if_cancelled()
+            raise_if_cancelled()
             seq += 1
             fut: asyncio.Future[None] = loop.create_future()
             self._probe_waiter = (seq, fut)

@@ -21,7 +21,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.brokers import PublishReceipt
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.trace import Status, StatusCode
+
+from gateway.brokers import PublishReceipt, raise_if_cancelled
 from gateway.config import TableConfig
 from gateway.election import Decision
 from gateway.errors import (
@@ -35,6 +39,7 @@ from gateway.errors import (
 from gateway.protocol import (
     Answer,
     Foreign,
+    Frame,
     IdpFailure,
     Invalid,
     NotYet,
@@ -47,6 +52,21 @@ from gateway.protocol import (
 )
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
+_meter = metrics.get_meter(__name__)
+_detects = _meter.create_counter("gateway.detects", description="Detects by outcome")
+_duration = _meter.create_histogram(
+    "gateway.detect.duration", unit="s", description="Detect duration by outcome"
+)
+_frames = _meter.create_counter(
+    "gateway.frames", description="Response frames that were not this round's answer, by kind"
+)
+
+
+def _record(labels: dict[str, str], outcome: str, started: float) -> None:
+    attributes = {**labels, "outcome": outcome}
+    _detects.add(1, attributes)
+    _duration.record(time.monotonic() - started, attributes)
 
 
 class CommandBus(Protocol):
@@ -122,6 +142,7 @@ class _Round:
     timeout_owed: bool = False  # closed while its detect was still being published
     republish_queued: bool = False
     tally: _Tally = field(default_factory=_Tally)
+    trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
 
 
 @dataclass(frozen=True)
@@ -163,27 +184,54 @@ class RoundDesk:
     ) -> DetectOutcome:
         """Wait for the IDP's validated result for ``round_id``; raise a GatewayError if none."""
         started = time.monotonic()
-        rnd = self._open(round_id, input_url, output_url)
-        rnd.waiters += 1
-        try:
-            async with asyncio.timeout(max(0.0, timeout_s)):
-                answer, broker_id = await asyncio.shield(rnd.future)
-        except TimeoutError:
-            self.counters.detects_timed_out += 1
-            where = f"detect published {rnd.publishes}x" + (
-                f", last on {rnd.published_on}" if rnd.published_on else ""
-            )
-            raise DetectTimeout(
-                f"no valid result for round {round_id} within {timeout_s:.2f}s: "
-                f"{rnd.tally.describe()} ({where})"
-            ) from None
-        except GatewayError as exc:
-            self._count_failure(exc)
-            raise
-        finally:
-            rnd.waiters -= 1
-            if rnd.waiters == 0 and not rnd.closed:
-                self._close(rnd)
+        table = self.table
+        labels = {"game": table.game.value, "table": table.code}
+        outcome = "cancelled"
+        with _tracer.start_as_current_span("gateway.detect.wait") as span:
+            span.set_attributes({**labels, "round_id": round_id})
+            try:
+                rnd = self._open(round_id, input_url, output_url)
+            except GatewayError as exc:
+                outcome = type(exc).__name__
+                _record(labels, outcome, started)
+                raise
+            rnd.waiters += 1
+            try:
+                async with asyncio.timeout(max(0.0, timeout_s)):
+                    answer, broker_id = await asyncio.shield(rnd.future)
+                outcome = "ok"
+            except TimeoutError:
+                outcome = "timeout"
+                self.counters.detects_timed_out += 1
+                where = f"detect published {rnd.publishes}x" + (
+                    f", last on {rnd.published_on}" if rnd.published_on else ""
+                )
+                raise DetectTimeout(
+                    f"no valid result for round {round_id} within {timeout_s:.2f}s: "
+                    f"{rnd.tally.describe()} ({where})"
+                ) from None
+            except GatewayError as exc:
+                outcome = "idp_error" if isinstance(exc, IdpError) else type(exc).__name__
+                if isinstance(exc, IdpError):
+                    span.set_attribute("idp.err", exc.code)
+                self._count_failure(exc)
+                raise
+            finally:
+                rnd.waiters -= 1
+                if rnd.waiters == 0 and not rnd.closed:
+                    self._close(rnd)
+                span.set_attributes(
+                    {
+                        "outcome": outcome,
+                        "frames_seen": rnd.tally.seen,
+                        "publishes": rnd.publishes,
+                        "epoch": rnd.epoch,
+                        "broker": rnd.published_on or "",
+                    }
+                )
+                if outcome != "ok":
+                    span.set_status(Status(StatusCode.ERROR, outcome))
+                _record(labels, outcome, started)
         self.counters.detects_ok += 1
         return DetectOutcome(
             round_id=round_id,
@@ -258,24 +306,32 @@ class RoundDesk:
             return
         rnd = self._current
         frame = classify(self.table.game, payload, rnd.round_id if rnd else "")
-        c = self.counters
-        if rnd is None:
-            if isinstance(frame, Foreign | Answer | IdpFailure) and self._round_of(frame) == (
-                self._answered
-            ):
-                c.duplicate_frames += 1
-            elif isinstance(frame, Invalid):
-                c.invalid_frames += 1
-            elif isinstance(frame, NotYet):
-                c.not_yet_frames += 1
-            else:
-                c.stale_frames += 1
+        kind = self._apply(rnd, frame, broker_id)
+        if kind is None:
             return
+        field_name = f"{kind}_frames"
+        setattr(self.counters, field_name, getattr(self.counters, field_name) + 1)
+        _frames.add(1, {"table": self.table.code, "kind": kind})
+        if isinstance(frame, Invalid):
+            log.debug("invalid frame via %s on %s: %s", broker_id, topic, frame.reason)
+
+    def _apply(self, rnd: _Round | None, frame: Frame, broker_id: str) -> str | None:
+        """Complete the round if ``frame`` is its answer; else say what kind of frame it is."""
+        answered = (
+            isinstance(frame, Foreign | Answer | IdpFailure)
+            and self._round_of(frame) == self._answered
+        )
+        if rnd is None:
+            if answered:
+                return "duplicate"
+            if isinstance(frame, Invalid | NotYet):
+                return "invalid" if isinstance(frame, Invalid) else "not_yet"
+            return "stale"
         rnd.tally.seen += 1
         if isinstance(frame, Answer | IdpFailure):
             if rnd.future.done():
-                c.duplicate_frames += 1
-            elif isinstance(frame, Answer):
+                return "duplicate"
+            if isinstance(frame, Answer):
                 rnd.future.set_result((frame, broker_id))
             else:
                 rnd.future.set_exception(
@@ -285,20 +341,16 @@ class RoundDesk:
                         name=frame.name,
                     )
                 )
-        elif isinstance(frame, NotYet):
+            return None
+        if isinstance(frame, NotYet):
             rnd.tally.not_yet += 1
-            c.not_yet_frames += 1
-        elif isinstance(frame, Foreign):
+            return "not_yet"
+        if isinstance(frame, Foreign):
             rnd.tally.foreign += 1
-            if frame.round_id == self._answered:
-                c.duplicate_frames += 1
-            else:
-                c.stale_frames += 1
-        else:
-            rnd.tally.invalid += 1
-            rnd.tally.last_invalid = frame.reason
-            c.invalid_frames += 1
-            log.debug("invalid frame via %s on %s: %s", broker_id, topic, frame.reason)
+            return "duplicate" if answered else "stale"
+        rnd.tally.invalid += 1
+        rnd.tally.last_invalid = frame.reason
+        return "invalid"
 
     @staticmethod
     def _round_of(frame: Foreign | Answer | IdpFailure) -> str:
@@ -330,11 +382,19 @@ class RoundDesk:
     async def run(self) -> None:
         """Publish queued commands in order, until cancelled."""
         while True:
+            raise_if_cancelled()
             command = await self._queue.get()
-            if command.kind == "detect":
-                await self._publish_detect(command.round)
-            else:
-                await self._publish_timeout(command.round)
+            rnd = command.round
+            with _tracer.start_as_current_span(
+                f"gateway.publish {command.kind}",
+                context=rnd.trace_context,
+                attributes={"table": self.table.code, "round_id": rnd.round_id},
+            ) as span:
+                if command.kind == "detect":
+                    await self._publish_detect(rnd)
+                else:
+                    await self._publish_timeout(rnd)
+                span.set_attributes({"broker": rnd.published_on or "", "epoch": rnd.epoch})
 
     async def _publish_detect(self, rnd: _Round) -> None:
         rnd.republish_queued = False
