@@ -13,24 +13,32 @@ import contextlib
 import logging
 import secrets
 import signal
+import time
 from types import TracebackType
 
 import grpc
 import redis.asyncio as redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 
 from gateway import store
 from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
 from gateway.detect import RoundDesk
-from gateway.election import Elector, LocalElector
+from gateway.election import Decision, Elector, LocalElector
 from gateway.service import SERVICE_NAME, GatewayService, overall_status
 from gateway.shared_record import SharedElector
 from gateway.stats import SidecarStats, StatsWriter, read_fleet, take_snapshot
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 log = logging.getLogger(__name__)
+_meter = metrics.get_meter(__name__)
+_failovers = _meter.create_counter("gateway.failovers", description="Active-broker switches")
+_failover_duration = _meter.create_histogram(
+    "gateway.failover.duration", unit="s", description="Active broker down -> new active broker"
+)
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DRAIN_GRACE_S = 5.0
@@ -74,6 +82,8 @@ class Sidecar:
         )
         self.desk = RoundDesk(config.table, self.pool, on_busy_change=self.pool.busy_changed)
         self.elector.add_listener(self.desk.on_decision)
+        self.elector.add_listener(self._count_switch)
+        self._observe()
         fleet = None
         if self.store is not None and isinstance(self.elector, SharedElector):
             keys, client, shared = self.elector.keys, self.store, self.elector
@@ -97,6 +107,7 @@ class Sidecar:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._main: asyncio.Task[None] | None = None
+        self._last_active: str | None = None
         self._health_changed = asyncio.Event()
         self._serving = asyncio.Event()
         self.pool.add_listener(self._health_changed.set)
@@ -131,6 +142,53 @@ class Sidecar:
             ", ".join(f"{b.id} (priority {b.priority})" for b in self.config.brokers),
         )
         return self
+
+    def _count_switch(self, decision: Decision) -> None:
+        """Failovers and how long the table had no usable active broker."""
+        previous = self._last_active
+        self._last_active = decision.broker_id
+        if previous is None or decision.broker_id is None or previous == decision.broker_id:
+            return
+        old = self.pool.links.get(previous)
+        labels = {"table": self.config.table.code, "from": previous, "to": decision.broker_id}
+        _failovers.add(1, labels)
+        if old is not None and not old.status().ready:  # a failover, not a fail-back
+            _failover_duration.record(time.monotonic() - old.status().since, labels)
+
+    def _observe(self) -> None:
+        """Gauges read at collection time: broker up/down and probe RTT, active broker, epoch."""
+        table = self.config.table.code
+
+        def brokers_up(options: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(int(s.ready), {"table": table, "broker": s.id})
+                for s in self.pool.statuses()
+            ]
+
+        def probe_rtt(options: CallbackOptions) -> list[Observation]:
+            return [
+                Observation(s.probe_rtt_ms / 1000, {"table": table, "broker": s.id})
+                for s in self.pool.statuses()
+                if s.ready
+            ]
+
+        def active(options: CallbackOptions) -> list[Observation]:
+            d = self.pool.decision()
+            return [
+                Observation(int(s.id == d.broker_id), {"table": table, "broker": s.id})
+                for s in self.pool.statuses()
+            ]
+
+        def epoch(options: CallbackOptions) -> list[Observation]:
+            return [Observation(self.pool.decision().epoch, {"table": table})]
+
+        meter = metrics.get_meter(__name__)
+        meter.create_observable_gauge("gateway.broker.up", [brokers_up], description="1 = ready")
+        meter.create_observable_gauge("gateway.broker.probe_rtt", [probe_rtt], unit="s")
+        meter.create_observable_gauge(
+            "gateway.broker.active", [active], description="1 for the active broker"
+        )
+        meter.create_observable_gauge("gateway.epoch", [epoch], description="active-broker epoch")
 
     def snapshot(self) -> SidecarStats:
         """This sidecar's statistics right now."""

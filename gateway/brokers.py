@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+from opentelemetry import trace
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import BrokerConfig, LinkTimings
@@ -33,6 +34,7 @@ from gateway.election import Decision, ElectionStatus, Elector, LinkState, LinkS
 from gateway.errors import NoBrokerAvailable
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 _mqtt_log = logging.getLogger(__name__ + ".mqtt")  # paho packet traces, quiet by default
 
 MessageHandler = Callable[[str, str, bytes], None]
@@ -188,8 +190,12 @@ class BrokerLink:
     def _set_state(self, state: LinkState) -> None:
         if state is self._state:
             return
-        self._state = state
+        previous, self._state = self._state, state
         self._since, self._since_wall = time.monotonic(), time.time()
+        attributes = {"broker": self.id, "from": previous.value, "to": state.value}
+        if self._last_error and state is LinkState.DOWN:
+            attributes["error"] = self._last_error
+        _tracer.start_span("gateway.broker.state", attributes=attributes).end()
         self._on_state()
 
     def _mark_down(self, exc: BaseException) -> None:

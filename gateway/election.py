@@ -24,9 +24,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
+from opentelemetry import trace
+
 from gateway.config import LinkTimings
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 
 class LinkState(StrEnum):
@@ -100,6 +103,21 @@ class Elector(Protocol):
     def status(self) -> ElectionStatus:
         """The election's own health."""
         ...
+
+
+def announce(
+    previous: str | None, decision: Decision, listeners: Sequence[Callable[[Decision], None]]
+) -> None:
+    """Trace an active-broker switch (a short span of its own) and tell the listeners."""
+    attributes: dict[str, str | int] = {
+        "from": previous or "",
+        "to": decision.broker_id or "",
+        "epoch": decision.epoch,
+        "reason": decision.reason,
+    }
+    _tracer.start_span("gateway.election.switch", attributes=attributes).end()
+    for callback in listeners:
+        callback(decision)
 
 
 def effective_holddown(link: LinkStatus, timings: LinkTimings, now: float) -> float:
@@ -192,8 +210,7 @@ class LocalElector:
         previous = self._decision.broker_id
         self._decision = Decision(broker_id, 0, reason, now)
         log.warning("active broker %s -> %s: %s", previous, broker_id, reason)
-        for callback in self._listeners:
-            callback(self._decision)
+        announce(previous, self._decision, self._listeners)
 
     async def run(self) -> None:
         """Re-evaluate when a hold-down expires (nothing else changes with time)."""

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health_pb2
+from opentelemetry import trace
 from redis.exceptions import RedisError
 
 from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
 from gateway.detect import Counters, DetectOutcome, RoundDesk
 from gateway.election import Decision, LinkState, LinkStatus
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, IdpError
 from gateway.protocol import BaccaratHand, Game, RouletteNumber, SicBoDice
 from gateway.stats import SidecarStats, totals
 from gateway.v1 import gateway_pb2 as pb
@@ -155,11 +156,23 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
         timeout = table.timeout_s if remaining is None else remaining - DEADLINE_MARGIN_S
         started = time.monotonic()
         outcome_name = "cancelled"
+        span = trace.get_current_span()  # the gRPC server span, when tracing is on
+        span.set_attributes(
+            {"table": table.code, "game": table.game.value, "round_id": request.round_id}
+        )
         try:
             outcome = await self._desk.detect(
                 request.round_id, request.input or None, request.output or None, timeout
             )
             outcome_name = "ok"
+            span.set_attributes(
+                {
+                    "outcome": "ok",
+                    "broker": outcome.broker_id,
+                    "epoch": outcome.epoch,
+                    "frames_seen": outcome.frames_seen,
+                }
+            )
             log.info(
                 "detect table=%s round=%s outcome=ok broker=%s epoch=%d elapsed_ms=%.1f "
                 "frames=%d publishes=%d",
@@ -174,6 +187,9 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
             return result_to_proto(outcome, self.config)
         except GatewayError as exc:
             outcome_name = type(exc).__name__
+            span.set_attribute("outcome", outcome_name)
+            if isinstance(exc, IdpError):
+                span.set_attribute("idp.err", exc.code)
             log.info(
                 "detect table=%s round=%r outcome=%s elapsed_ms=%.1f: %s",
                 table.code,

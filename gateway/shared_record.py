@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import redis.asyncio as redis
+from opentelemetry import metrics
 from redis.exceptions import RedisError
 
 from gateway.config import GatewayConfig
@@ -38,12 +39,16 @@ from gateway.election import (
     ElectionStatus,
     LinkState,
     LinkStatus,
+    announce,
     decide,
     effective_holddown,
 )
 from gateway.store import RECORD_FIELD, VIEW_PREFIX, Keys
 
 log = logging.getLogger(__name__)
+_redis_errors = metrics.get_meter(__name__).create_counter(
+    "gateway.redis.errors", description="Failed calls to the shared store"
+)
 
 # KEYS: group hash. ARGV: expected epoch ("" = no record yet), record JSON, new epoch,
 # channel. Returns {1, new epoch} on success, {0, current epoch or -1} otherwise.
@@ -250,6 +255,7 @@ class SharedElector:
     def on_store_error(self, exc: BaseException) -> None:
         """Any Redis failure (also from the statistics writer) marks the store unreachable."""
         self.redis_errors += 1
+        _redis_errors.add(1, {"group": self._config.broker_group})
         if self._reachable:
             log.warning("shared store unreachable: %s", exc)
             self._unreachable_since = time.monotonic()
@@ -269,8 +275,7 @@ class SharedElector:
             "active broker %s -> %s (epoch %d -> %d): %s",
             previous.broker_id, decision.broker_id, previous.epoch, decision.epoch, decision.reason,
         )  # fmt: skip
-        for callback in self._listeners:
-            callback(decision)
+        announce(previous.broker_id, decision, self._listeners)
 
     def _ready(self, broker: str | None) -> bool:
         return any(s.id == broker and s.ready for s in self._links)
