@@ -14,6 +14,7 @@ import logging
 import secrets
 import signal
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 import grpc
@@ -59,10 +60,12 @@ class Sidecar:
         listen: str = DEFAULT_LISTEN,
         instance_id: str | None = None,
         elector: Elector | None = None,
+        interceptors: Sequence[grpc.aio.ServerInterceptor[object, object]] = (),
     ) -> None:
         self.config = config
         self.instance_id = instance_id or make_instance_id(config.table.code)
         self._listen = listen
+        self._interceptors = list(interceptors)
         self.store: redis.Redis | None = None
         self.stats_writer: StatsWriter | None = None
         if elector is None and config.redis.url:
@@ -113,7 +116,9 @@ class Sidecar:
         self.pool.add_listener(self._health_changed.set)
 
     async def __aenter__(self) -> Sidecar:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            interceptors=self._interceptors, options=[("grpc.so_reuseport", 0)]
+        )
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (
@@ -262,13 +267,17 @@ class Sidecar:
         log.info("sidecar %s stopped", self.instance_id)
 
 
-async def serve(config: GatewayConfig, listen: str = DEFAULT_LISTEN) -> None:
+async def serve(
+    config: GatewayConfig,
+    listen: str = DEFAULT_LISTEN,
+    interceptors: Sequence[grpc.aio.ServerInterceptor[object, object]] = (),
+) -> None:
     """Run a sidecar until SIGTERM/SIGINT; raise if a loop crashes."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Sidecar(config, listen=listen) as sidecar:
+    async with Sidecar(config, listen=listen, interceptors=interceptors) as sidecar:
         stopper = asyncio.create_task(stop.wait(), name="signals")
         crashed = asyncio.create_task(sidecar.wait(), name="loops")
         done, _ = await asyncio.wait({stopper, crashed}, return_when=asyncio.FIRST_COMPLETED)

@@ -18,7 +18,7 @@ from gateway.app import DEFAULT_LISTEN, serve
 from gateway.client import GatewayClient
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
-from gateway.telemetry import configure_logging
+from gateway.telemetry import configure_logging, configure_telemetry, grpc_server_interceptors
 from gateway.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("gateway")
@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="FILE", help="table config (JSON)")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
     p.add_argument("--redis-url", metavar="URL", help="shared election and statistics store")
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (off by default)",
+    )
 
     p = sub.add_parser("detect", help="call Detect on a sidecar and print the result")
     p.add_argument("--target", default=DEFAULT_LISTEN, metavar="HOST:PORT")
@@ -88,11 +93,14 @@ async def _dispatch(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if args.redis_url:
             config = _with_redis(config, args.redis_url)
+        telemetry = configure_telemetry(metrics_listen=args.metrics_listen)
         try:
-            await serve(config, args.listen)
+            await serve(config, args.listen, grpc_server_interceptors())
         except OSError as exc:
             print(f"gateway: {exc}", file=sys.stderr)
             return 1
+        finally:
+            telemetry.shutdown()
         return 0
     if args.command == "detect":
         return await _detect(args)

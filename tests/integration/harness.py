@@ -97,6 +97,7 @@ class Stack:
         config: GatewayConfig | None = None,
         sim_brokers: Sequence[MosquittoProcess] | None = None,
         all_ready: bool = True,
+        interceptors: Sequence[Any] = (),
         **table: Any,
     ) -> None:
         self.brokers = list(brokers)
@@ -110,7 +111,7 @@ class Stack:
         devices, tables = sim_devices([sim_configs])
         self.sim = IdpSimulator(devices, tables, behaviour or Behaviour(delay_s=0.02))
         self._stack = contextlib.AsyncExitStack()
-        self.sidecar = Sidecar(self.config, listen="127.0.0.1:0")
+        self.sidecar = Sidecar(self.config, listen="127.0.0.1:0", interceptors=interceptors)
         self.client: GatewayClient
 
     async def __aenter__(self) -> Stack:

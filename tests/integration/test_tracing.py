@@ -1,0 +1,91 @@
+"""Traces of a Detect: from the gRPC call down to the MQTT commands, with real components."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
+
+from gateway.sandbox import MosquittoProcess
+from gateway.telemetry import grpc_server_interceptors
+from tests.integration.harness import Stack, until
+
+_EXPORTER = InMemorySpanExporter()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The process-wide tracer provider (settable once) feeding an in-memory exporter."""
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+        trace.set_tracer_provider(provider)
+    _EXPORTER.clear()
+    yield _EXPORTER
+    _EXPORTER.clear()
+
+
+def by_name(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
+    return [s for s in exporter.get_finished_spans() if s.name == name]
+
+
+async def test_detect_span_tree_and_attributes(
+    broker: MosquittoProcess, spans: InMemorySpanExporter
+) -> None:
+    """One server span per Detect, with the wait and both MQTT commands as its children."""
+    async with Stack([broker], "sicbo", interceptors=grpc_server_interceptors()) as s:
+        await s.client.health()  # health RPCs are not traced
+        d = await s.client.detect("SBO-001-traced")
+        await until(lambda: bool(by_name(spans, "gateway.publish timeout")), 3, "timeout span")
+    (server,) = by_name(spans, "/gateway.v1.GatewayService/Detect")
+    assert not [x for x in spans.get_finished_spans() if "Health" in x.name]
+    attrs = dict(server.attributes or {})
+    assert attrs["table"] == "SBO-001" and attrs["game"] == "sicbo"
+    assert attrs["round_id"] == "SBO-001-traced" and attrs["outcome"] == "ok"
+    assert attrs["broker"] == d.broker_id and attrs["epoch"] == 0 and attrs["frames_seen"] >= 1
+    (wait,) = by_name(spans, "gateway.detect.wait")
+    assert wait.parent is not None and wait.parent.span_id == server.context.span_id
+    assert wait.context.trace_id == server.context.trace_id
+    for name in ("gateway.publish detect", "gateway.publish timeout"):
+        (child,) = by_name(spans, name)
+        assert child.context.trace_id == server.context.trace_id
+        assert child.parent is not None and child.parent.span_id == wait.context.span_id
+        assert dict(child.attributes or {})["broker"] == "b1"
+
+
+async def test_timeout_marks_the_spans_as_errors(
+    broker: MosquittoProcess, spans: InMemorySpanExporter
+) -> None:
+    """A Detect that times out leaves error spans saying why."""
+    async with Stack([broker], "roulette", interceptors=grpc_server_interceptors()) as s:
+        s.behave(answer="silence")
+        with pytest.raises(grpc.aio.AioRpcError):
+            await s.client.detect("ARO-001-silent", deadline_s=0.4)
+        await until(lambda: bool(by_name(spans, "gateway.publish timeout")), 3, "timeout span")
+    (wait,) = by_name(spans, "gateway.detect.wait")
+    assert wait.status.status_code is StatusCode.ERROR
+    assert dict(wait.attributes or {})["outcome"] == "timeout"
+    (server,) = by_name(spans, "/gateway.v1.GatewayService/Detect")
+    assert server.status.status_code is StatusCode.ERROR
+    assert dict(server.attributes or {})["outcome"] == "DetectTimeout"
+
+
+async def test_broker_loss_and_switch_are_traced(
+    two_brokers: list[MosquittoProcess], spans: InMemorySpanExporter
+) -> None:
+    """A broker going down and the switch it causes appear as their own short spans."""
+    async with Stack(two_brokers, "roulette"):
+        spans.clear()
+        await two_brokers[0].kill()
+        await until(lambda: bool(by_name(spans, "gateway.election.switch")), 3, "switch span")
+    (switch,) = by_name(spans, "gateway.election.switch")
+    assert dict(switch.attributes or {})["from"] == "b1"
+    assert dict(switch.attributes or {})["to"] == "b2"
+    downs = [x for x in by_name(spans, "gateway.broker.state") if x.attributes["to"] == "down"]  # type: ignore[index]
+    assert downs and downs[0].attributes["broker"] == "b1"  # type: ignore[index]
