@@ -78,6 +78,8 @@ class TableConfig:
     retry_delay_s: float = 1.0
     input_url: str | None = None
     output_url: str | None = None
+    # Carry the W3C trace context inside the detect command (off: the devices are not ours).
+    trace_context_in_command: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ def dump_config(config: GatewayConfig) -> dict[str, Any]:
         "timeout_s": t.timeout_s,
         "retry_count": t.retry_count,
         "retry_delay_s": t.retry_delay_s,
+        "trace_context_in_command": t.trace_context_in_command,
     }
     for key, value in (
         ("shaker_listens", t.shaker_listens),
@@ -230,6 +233,7 @@ def _parse_v1(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
         retry_delay_s=t.number("retry_delay_s", 1.0, lo=0, hi=60),
         input_url=t.opt_string("input"),
         output_url=t.opt_string("output"),
+        trace_context_in_command=t.boolean("trace_context_in_command", False),
     )
     t.done()
     brokers = tuple(_broker_v1(b, env) for b in top.sections("brokers"))
@@ -266,6 +270,7 @@ def _parse_legacy(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
         retry_delay_s=g.number("retry_delay", 1.0, lo=0, hi=60),
         input_url=g.opt_string("input_stream"),
         output_url=g.opt_string("output_stream"),
+        trace_context_in_command=False,
     )
     brokers = []
     for b in top.sections("brokers"):

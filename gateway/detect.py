@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from opentelemetry import context as otel_context
-from opentelemetry import metrics, trace
+from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Status, StatusCode
 
 from gateway.brokers import PublishReceipt, raise_if_cancelled
@@ -399,7 +399,10 @@ class RoundDesk:
     async def _publish_detect(self, rnd: _Round) -> None:
         rnd.republish_queued = False
         t = self.table
-        payload = encode_detect(t.game, rnd.round_id, rnd.input_url, rnd.output_url)
+        carrier: dict[str, str] = {}
+        if t.trace_context_in_command:
+            propagate.inject(carrier)  # the current span: this round's "publish detect"
+        payload = encode_detect(t.game, rnd.round_id, rnd.input_url, rnd.output_url, carrier)
         last: NoBrokerAvailable | None = None
         for attempt in range(1, t.retry_count + 1):
             if rnd.closed or rnd.future.done():

@@ -116,15 +116,26 @@ Frame = Answer | IdpFailure | NotYet | Foreign | Invalid
 # --- commands ------------------------------------------------------------------------
 
 
-def encode_detect(game: Game, round_id: str, input_url: str, output_url: str | None) -> bytes:
+def encode_detect(
+    game: Game,
+    round_id: str,
+    input_url: str,
+    output_url: str | None,
+    trace_context: dict[str, str] | None = None,
+) -> bytes:
     """The ``detect`` command, with the keys the production devices read.
 
-    ``output`` is sent for SicBo only, as the devices expect.
+    ``output`` is sent for SicBo only, as the devices expect. ``trace_context`` (W3C
+    ``traceparent``/``tracestate``), when given, rides in a top-level ``trace`` object that
+    devices which do not know it ignore.
     """
     arg: dict[str, str] = {"round_id": round_id, "input": input_url}
     if game is Game.SICBO and output_url:
         arg["output"] = output_url
-    return json.dumps({"command": "detect", "arg": arg}, separators=(",", ":")).encode()
+    doc: dict[str, object] = {"command": "detect", "arg": arg}
+    if trace_context:
+        doc["trace"] = trace_context
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def encode_timeout() -> bytes:

@@ -89,3 +89,24 @@ async def test_broker_loss_and_switch_are_traced(
     assert dict(switch.attributes or {})["to"] == "b2"
     downs = [x for x in by_name(spans, "gateway.broker.state") if x.attributes["to"] == "down"]  # type: ignore[index]
     assert downs and downs[0].attributes["broker"] == "b1"  # type: ignore[index]
+
+
+async def test_trace_context_rides_in_the_command_only_when_asked(
+    broker: MosquittoProcess, spans: InMemorySpanExporter
+) -> None:
+    """With trace_context_in_command the detect carries a W3C traceparent of this trace."""
+    interceptors = grpc_server_interceptors()
+    async with Stack([broker], "roulette", interceptors=interceptors) as plain:
+        await plain.client.detect("ARO-001-plain")
+        assert "trace" not in plain.commands("detect")[0]
+    async with Stack(
+        [broker], "roulette", interceptors=interceptors, trace_context_in_command=True
+    ) as s:
+        await s.client.detect("ARO-001-carried")
+        (server,) = [
+            x
+            for x in by_name(spans, "/gateway.v1.GatewayService/Detect")
+            if dict(x.attributes or {})["round_id"] == "ARO-001-carried"
+        ]
+        traceparent = s.commands("detect")[0]["trace"]["traceparent"]
+        assert traceparent.split("-")[1] == f"{server.context.trace_id:032x}"
