@@ -18,7 +18,13 @@ one MQTT client per table vs one sidecar per table (production runs one sidecar 
 Every answer is checked against the simulator's deterministic result. Also: sidecar RSS after
 warm-up and start-to-SERVING; and, to explain the numbers, the gRPC floor (a health Check round
 trip), the sidecar's own detect->answer time and CPU per round by process.
-Exit status 0 when every target is met, 1 otherwise.
+
+Telemetry phase (``--skip-telemetry`` leaves it out): two more sidecars on tables of their own,
+one with the default environment (no ``OTEL_*``: telemetry off), one exporting traces (every
+Detect sampled) and metrics (every second) over OTLP/gRPC to a sink in this process that counts
+what it receives. Their sequential rounds alternate (off, on, off, on...) so that machine noise
+hits both alike; the target is on/off <= 1.15x at p50. No span at the sink fails the bench.
+Exit status 0 when every target is met, 1 otherwise, 2 when the measurement itself failed.
 """
 
 from __future__ import annotations
@@ -45,7 +51,11 @@ from typing import Any
 
 import aiomqtt
 import grpc
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_metrics
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_trace
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.client import GatewayClient
 from gateway.config import default_topics
@@ -61,7 +71,15 @@ SERVE = [sys.executable, "-m", "gateway", "serve"]
 # Children die with the bench even on SIGKILL. setpriv rather than a preexec_fn, which would
 # force fork() and run gRPC's fork handlers in a process with live gRPC threads.
 PDEATHSIG = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
-TARGETS = {"p50": 1.0, "p99": 2.0, "ratio": 0.5, "rss_mb": 60.0, "serving_s": 1.5}
+TARGETS = {"p50": 1.0, "p99": 2.0, "ratio": 0.5, "rss_mb": 60.0, "serving_s": 1.5, "otel": 1.15}
+TELEMETRY_TABLES = {"off": "ARO-901", "on": "ARO-902"}  # one detection per table at a time
+TELEMETRY_ON = {  # and OTEL_EXPORTER_OTLP_ENDPOINT, the sink's
+    "OTEL_TRACES_EXPORTER": "otlp",
+    "OTEL_METRICS_EXPORTER": "otlp",
+    "OTEL_TRACES_SAMPLER": "always_on",
+    "OTEL_EXPORTER_OTLP_INSECURE": "true",
+    "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+}
 
 
 def rss_mb(pid: int) -> float:
@@ -170,21 +188,28 @@ class Children:
     def __init__(self, workdir: Path) -> None:
         self.workdir, self.procs = workdir, list[asyncio.subprocess.Process]()
 
-    async def spawn(self, argv: list[str], out: int) -> asyncio.subprocess.Process:
+    async def spawn(
+        self, argv: list[str], out: int, env: dict[str, str] | None = None
+    ) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
             *PDEATHSIG, *argv, stdin=subprocess.DEVNULL, stdout=out, start_new_session=True,
-            stderr=None if out == subprocess.PIPE else out,
+            stderr=None if out == subprocess.PIPE else out, env=env,
         )  # fmt: skip
         self.procs.append(proc)
         return proc
 
-    async def start(self, doc: dict[str, Any]) -> tuple[str, int]:
+    def log(self, code: str) -> Path:
+        return self.workdir / f"{code}.log"
+
+    async def start(
+        self, doc: dict[str, Any], env: dict[str, str] | None = None
+    ) -> tuple[str, int]:
         path, port = self.workdir / f"{doc['game_config']['game_code']}.json", free_port()
         path.write_text(json.dumps(doc))
-        out = os.open(path.with_suffix(".log"), os.O_WRONLY | os.O_CREAT, 0o644)
+        out = os.open(self.log(doc["game_config"]["game_code"]), os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             argv = [*SERVE, "--config", str(path), "--listen", f"{HOST}:{port}"]
-            return f"{HOST}:{port}", (await self.spawn(argv, out)).pid
+            return f"{HOST}:{port}", (await self.spawn(argv, out, env)).pid
         finally:
             os.close(out)
 
@@ -198,6 +223,68 @@ class Children:
             except TimeoutError:
                 proc.kill()
                 await asyncio.wait_for(proc.wait(), OP_S)
+
+
+class OtlpSink:
+    """A minimal OTLP/gRPC collector on a free loopback port: accepts and counts every export."""
+
+    def __init__(self) -> None:
+        self.spans = self.server_spans = self.points = self.exports = 0
+        self.arrived = asyncio.Event()
+        self.server = grpc.aio.server()
+        self.port = self.server.add_insecure_port(f"{HOST}:0")
+        t, m = otlp_trace, otlp_metrics
+        self._serve("trace.v1.TraceService", t.ExportTraceServiceRequest,
+                    t.ExportTraceServiceResponse, self._count_spans)  # fmt: skip
+        self._serve("metrics.v1.MetricsService", m.ExportMetricsServiceRequest,
+                    m.ExportMetricsServiceResponse, self._count_points)  # fmt: skip
+
+    def _serve(
+        self,
+        service: str,
+        request: type[Message],
+        response: type[Message],
+        count: Callable[[Any], None],
+    ) -> None:
+        async def export(message: Message, context: object) -> Message:
+            self.exports += 1
+            count(message)
+            self.arrived.set()
+            return response()
+
+        handler = grpc.unary_unary_rpc_method_handler(
+            export, request.FromString, response.SerializeToString
+        )
+        name = f"opentelemetry.proto.collector.{service}"
+        self.server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler(name, {"Export": handler})]
+        )
+
+    def _count_spans(self, request: otlp_trace.ExportTraceServiceRequest) -> None:
+        for spans in (ss.spans for rs in request.resource_spans for ss in rs.scope_spans):
+            self.spans += len(spans)
+            self.server_spans += sum(s.kind == Span.SPAN_KIND_SERVER for s in spans)
+
+    def _count_points(self, request: otlp_metrics.ExportMetricsServiceRequest) -> None:
+        for rm in request.resource_metrics:
+            for metric in (m for sm in rm.scope_metrics for m in sm.metrics):
+                data = metric.WhichOneof("data")
+                self.points += len(getattr(metric, data).data_points) if data else 0
+
+    async def wait_server_spans(self, n: int, limit: float) -> None:
+        """Until ``n`` server spans have arrived, or for ``limit`` seconds at most."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                while self.server_spans < n:
+                    await self.arrived.wait()
+                    self.arrived.clear()
+
+    async def __aenter__(self) -> OtlpSink:
+        await self.server.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.server.stop(None)
 
 
 async def health_checks(address: str, limit: float, count: int = 0) -> list[float]:
@@ -236,6 +323,17 @@ async def sequential(one: Round, rounds: int, gap_s: float = 0.0) -> list[float]
     return latencies
 
 
+async def interleaved(
+    ones: dict[str, Round], rounds: int, gap_s: float = 0.0
+) -> dict[str, list[float]]:
+    """``rounds`` sequential rounds on each, alternating (a, b, a, b...): noise hits all alike."""
+    latencies: dict[str, list[float]] = {name: [] for name in ones}
+    for _ in range(rounds):
+        for name, one in ones.items():
+            latencies[name] += await sequential(one, 1, gap_s)
+    return latencies
+
+
 async def in_flight(ones: list[Round], n: int, warmup: int, pids: dict[str, list[int]]) -> Any:
     async def run(total: int) -> tuple[float, list[float]]:
         todo, latencies = iter(range(total)), list[float]()
@@ -261,9 +359,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     r |= {k: getattr(args, k) for k in ("rounds", "warmup", "concurrency", "gap_ms")}
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(MosquittoProcess(tcp_nodelay=True))
+        # Before the children: it must outlive them, to receive the on-sidecar's last export.
+        sink = None if args.skip_telemetry else await stack.enter_async_context(OtlpSink())
         children = Children(Path(stack.enter_context(tempfile.TemporaryDirectory())))
         stack.push_async_callback(children.close)
-        argv = [sys.executable, __file__, "--simulate", str(broker.port), *codes]
+        tables = [*codes, *TELEMETRY_TABLES.values()]
+        argv = [sys.executable, __file__, "--simulate", str(broker.port), *tables]
         sim = await children.spawn(argv, subprocess.PIPE)
         assert sim.stdout is not None
         if await asyncio.wait_for(sim.stdout.readline(), 30) != b"ready\n":
@@ -301,10 +402,56 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         pids["sidecars"] = [pid] + [p for _, p in started]
         rounds = [sidecar_round(c, []) for c in clients]
         r["sidecar"] = side | await in_flight(rounds, args.rounds, args.warmup, pids)
+        if sink is not None:
+            r["telemetry"] = await telemetry(children, stack, sink, broker.port, args)
     return r
 
 
-def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool]]:
+async def telemetry(
+    children: Children,
+    stack: contextlib.AsyncExitStack,
+    sink: OtlpSink,
+    port: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Sequential Detects, alternating between a sidecar without telemetry and one with."""
+    off = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{HOST}:{sink.port}"}
+    envs = {"off": off, "on": off | TELEMETRY_ON | endpoint}
+    started = {
+        k: await children.start(config_doc(port, TELEMETRY_TABLES[k]), envs[k]) for k in envs
+    }
+    await asyncio.gather(*(health_checks(a, 10) for a, _ in started.values()))
+    inside = {k: list[float]() for k in started}
+    ones: dict[str, Round] = {}
+    for k, (address, _) in started.items():
+        ones[k] = sidecar_round(await stack.enter_async_context(GatewayClient(address)), inside[k])
+    await interleaved(ones, args.warmup)
+    cpu0 = {k: cpu_s([pid]) for k, (_, pid) in started.items()}
+    for values in inside.values():
+        values.clear()
+    latencies = await interleaved(ones, args.rounds, args.gap_ms / 1000)
+    r: dict[str, Any] = {"tables": TELEMETRY_TABLES}
+    for k, (_, pid) in started.items():
+        cpu = (cpu_s([pid]) - cpu0[k]) * 1000 / args.rounds
+        r[k] = summary(latencies[k]) | summary([ms / 1000 for ms in inside[k]], "_inside")
+        r[k] |= {"cpu_ms_per_round": cpu, "rss_mb": rss_mb(pid)}
+    # One server span per Detect; the batch span processor sends them within 5 s.
+    detects = args.warmup + args.rounds
+    await sink.wait_server_spans(detects, 15)
+    if not sink.spans:
+        lines = children.log(TELEMETRY_TABLES["on"]).read_text().splitlines()
+        said = "\n".join([ln for ln in lines if "telemetry" in ln or "xport" in ln][-10:])
+        raise RuntimeError(f"the OTLP sink received no span: tracing did not run. Sidecar:\n{said}")
+    r["sink"] = {"spans": sink.spans, "server_spans": sink.server_spans, "detects": detects}
+    r["sink"] |= {"metric_points": sink.points, "exports": sink.exports}
+    return r | {f"ratio_{p}": r["on"][p] / r["off"][p] for p in ("p50", "p99")}
+
+
+Verdict = tuple[str, str, str, str, str, bool | None]  # None: no target, shown for information
+
+
+def verdicts(r: dict[str, Any]) -> list[Verdict]:
     b, s, t = r["baseline"], r["sidecar"], TARGETS
     add50, add99, ratio = s["p50"] - b["p50"], s["p99"] - b["p99"], s["rps"] / b["rps"]
     return [
@@ -318,6 +465,17 @@ def verdicts(r: dict[str, Any]) -> list[tuple[str, str, str, str, str, bool]]:
          s["rss_mb"] <= t["rss_mb"]),
         ("sidecar start-to-SERVING (s)", "", f"{s['serving_s']:.3f}", "",
          f"<= {t['serving_s']}", s["serving_s"] <= t["serving_s"]),
+    ] + (telemetry_verdicts(r["telemetry"]) if "telemetry" in r else [])  # fmt: skip
+
+
+def telemetry_verdicts(x: dict[str, Any]) -> list[Verdict]:
+    off, on, spans, target = x["off"], x["on"], x["sink"]["spans"], TARGETS["otel"]
+    return [
+        ("telemetry off/on p50 (ms)", f"{off['p50']:.3f}", f"{on['p50']:.3f}",
+         f"{x['ratio_p50']:.3f}x", f"on/off <= {target}", x["ratio_p50"] <= target),
+        ("telemetry off/on p99 (ms)", f"{off['p99']:.3f}", f"{on['p99']:.3f}",
+         f"{x['ratio_p99']:.3f}x", "", None),
+        ("telemetry spans at the OTLP sink", "", f"{spans}", "", "> 0", spans > 0),
     ]  # fmt: skip
 
 
@@ -331,7 +489,8 @@ def report(r: dict[str, Any]) -> None:
     )
     print(f"\n{'':34}{'baseline':>10}{'sidecar':>10}{'added':>10}  {'target':<15}verdict")
     for name, base, side, added, target, ok in verdicts(r):
-        print(f"{name:34}{base:>10}{side:>10}{added:>10}  {target:<15}{'PASS' if ok else 'MISS'}")
+        verdict = "" if ok is None else "PASS" if ok else "MISS"
+        print(f"{name:34}{base:>10}{side:>10}{added:>10}  {target:<15}{verdict}".rstrip())
     print(
         f"\nwhere the time goes: gRPC floor (health Check round trip) p50 "
         f"{s['p50_grpc_floor']:.3f} / p99 {s['p99_grpc_floor']:.3f} ms; the sidecar's own "
@@ -346,6 +505,22 @@ def report(r: dict[str, Any]) -> None:
     for who, x in (("baseline", b), ("sidecar", s)):
         cpu = ", ".join(f"{k} {v:.2f}" for k, v in x["cpu_ms_per_round"].items())
         print(f"CPU ms per round in flight, {who}: {cpu}")
+    if "telemetry" in r:
+        report_telemetry(r["telemetry"])
+
+
+def report_telemetry(x: dict[str, Any]) -> None:
+    off, on, sink = x["off"], x["on"], x["sink"]
+    print(
+        f"telemetry rows: sidecar {x['tables']['off']} without telemetry (baseline column) vs "
+        f"{x['tables']['on']} exporting OTLP traces\n(always_on) and metrics (1 s) to a sink in "
+        f"the bench (sidecar column), rounds alternating; own detect->answer p50\n"
+        f"off {off['p50_inside']:.3f} / on {on['p50_inside']:.3f} ms; CPU ms per round off "
+        f"{off['cpu_ms_per_round']:.2f} / on {on['cpu_ms_per_round']:.2f}; RSS off "
+        f"{off['rss_mb']:.1f} / on {on['rss_mb']:.1f} MB\nsink: {sink['spans']} spans "
+        f"({sink['server_spans']} server spans for {sink['detects']} Detects), "
+        f"{sink['metric_points']} metric data points, {sink['exports']} export calls"
+    )
 
 
 def main() -> int:
@@ -358,6 +533,9 @@ def main() -> int:
         type=float,
         default=0.0,
         help="idle time between sequential rounds, in both runs (tables idle 16-50 s)",
+    )
+    p.add_argument(
+        "--skip-telemetry", action="store_true", help="leave out the telemetry off/on phase"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--simulate", nargs="+", help=argparse.SUPPRESS)  # PORT CODE...: the child
@@ -372,7 +550,7 @@ def main() -> int:
         task = asyncio.current_task()
         assert task is not None
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        async with asyncio.timeout(180 + 0.05 * 5 * (args.rounds + args.warmup)):
+        async with asyncio.timeout(180 + 0.05 * 7 * (args.rounds + args.warmup)):
             return await measure(args)
 
     try:
@@ -380,11 +558,14 @@ def main() -> int:
     except (KeyboardInterrupt, asyncio.CancelledError):
         print("interrupted; everything started was stopped", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # a wrong answer, no span at the sink...: nothing to report
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(result))
     else:
         report(result)
-    return 0 if all(v[-1] for v in verdicts(result)) else 1
+    return 0 if all(v[-1] is not False for v in verdicts(result)) else 1
 
 
 if __name__ == "__main__":

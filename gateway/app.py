@@ -16,23 +16,24 @@ import signal
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import grpc
-import redis.asyncio as redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from gateway import store
 from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
 from gateway.detect import RoundDesk
 from gateway.election import Decision, Elector, LocalElector
 from gateway.service import SERVICE_NAME, GatewayService, overall_status
-from gateway.shared_record import SharedElector
 from gateway.stats import SidecarStats, StatsWriter, read_fleet, take_snapshot
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 log = logging.getLogger(__name__)
 _meter = metrics.get_meter(__name__)
@@ -67,10 +68,14 @@ class Sidecar:
         self._listen = listen
         self._interceptors = list(interceptors)
         self.store: redis.Redis | None = None
-        self.stats_writer: StatsWriter | None = None
+        shared = None
         if elector is None and config.redis.url:
+            # Imported here: redis-py is only loaded by sidecars that use a shared store.
+            from gateway import store
+            from gateway.shared_record import SharedElector
+
             self.store = store.connect(config.redis)
-            elector = SharedElector(config, self.instance_id, self.store)
+            elector = shared = SharedElector(config, self.instance_id, self.store)
         self.elector = elector or LocalElector(config.timings)
         # The pool and the desk refer to each other: frames flow pool -> desk, commands
         # desk -> pool, and the elector must know whether a round is in flight.
@@ -87,9 +92,10 @@ class Sidecar:
         self.elector.add_listener(self.desk.on_decision)
         self.elector.add_listener(self._count_switch)
         self._observe()
+        self.stats_writer: StatsWriter | None = None
         fleet = None
-        if self.store is not None and isinstance(self.elector, SharedElector):
-            keys, client, shared = self.elector.keys, self.store, self.elector
+        if shared is not None and self.store is not None:
+            keys, client = shared.keys, self.store
             self.stats_writer = StatsWriter(
                 client,
                 keys,

@@ -16,13 +16,12 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
-from redis.exceptions import RedisError
 
 from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
 from gateway.detect import Counters, DetectOutcome, RoundDesk
 from gateway.election import Decision, LinkState, LinkStatus
-from gateway.errors import GatewayError, IdpError
+from gateway.errors import GatewayError, IdpError, Unavailable
 from gateway.protocol import BaccaratHand, Game, RouletteNumber, SicBoDice
 from gateway.stats import SidecarStats, totals
 from gateway.v1 import gateway_pb2 as pb
@@ -226,8 +225,8 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
             return response
         try:
             fleet = await self._fleet()
-        except RedisError as exc:
-            response.fleet_error = f"shared store unreachable: {exc}"
+        except Unavailable as exc:
+            response.fleet_error = exc.message
             return response
         response.fleet.extend(stats_to_proto(s) for s in fleet)
         response.totals.CopyFrom(pb.FleetTotals(**vars(totals(fleet))))

@@ -15,14 +15,15 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import redis.asyncio as redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Any
 
 from gateway.detect import Counters
 from gateway.election import Decision, LinkStatus
+from gateway.errors import Unavailable
 from gateway.store import Keys
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 log = logging.getLogger(__name__)
 
@@ -137,15 +138,21 @@ def totals(fleet: Sequence[SidecarStats]) -> FleetTotals:
 
 
 async def read_fleet(client: redis.Redis, keys: Keys) -> list[SidecarStats]:
-    """Every live sidecar of the group (raises RedisError if the store is unreachable)."""
-    names = [key async for key in client.scan_iter(match=keys.stats_pattern, count=500)]
-    if not names:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.hgetall(name)
+    """Every live sidecar of the group; Unavailable if the store does not answer."""
+    from redis.exceptions import RedisError
+
+    try:
+        names = [key async for key in client.scan_iter(match=keys.stats_pattern, count=500)]
+        if not names:
+            return []
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(name)
+        hashes = await pipe.execute()
+    except RedisError as exc:
+        raise Unavailable(f"shared store unreachable: {exc}") from exc
     fleet = []
-    for name, h in zip(names, await pipe.execute(), strict=True):
+    for name, h in zip(names, hashes, strict=True):
         if not h:
             continue  # expired between SCAN and HGETALL
         try:
@@ -166,7 +173,7 @@ class StatsWriter:
         *,
         interval_s: float,
         ttl_s: float,
-        on_error: Callable[[RedisError], None] = lambda exc: None,
+        on_error: Callable[[Exception], None] = lambda exc: None,
     ) -> None:
         self._client = client
         self._keys = keys
@@ -187,6 +194,8 @@ class StatsWriter:
         self.writes += 1
 
     async def run(self) -> None:
+        from redis.exceptions import RedisError
+
         while True:
             try:
                 await self.write_once()

@@ -10,15 +10,14 @@ unreachable store in well under a second and degrades instead of stalling.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
-
-import redis.asyncio as redis
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 
 from gateway.config import RedisConfig
 from gateway.errors import ConfigError
+
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 SOCKET_TIMEOUT_S = 0.5
 RECORD_FIELD = "record"  # in Keys.group_hash
@@ -27,6 +26,12 @@ VIEW_PREFIX = "view:"  # in Keys.group_hash, followed by the instance id
 
 def connect(config: RedisConfig) -> redis.Redis:
     """A client (connection pool) for the configured store; connects lazily."""
+    # Imported here: redis-py costs ~9 MB, and most sidecars without Redis never need it.
+    import redis.asyncio as redis
+    from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel
+    from redis.backoff import NoBackoff
+
     url = config.url
     if url is None:
         raise ConfigError("no Redis URL configured")

@@ -25,9 +25,7 @@ from dataclasses import dataclass, field
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-import prometheus_client
 from opentelemetry import metrics, trace
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import (
@@ -199,6 +197,10 @@ def configure_telemetry(
     readers = list(metric_readers)
     http: tuple[WSGIServer, threading.Thread] | None = None
     if listen is not None:
+        # Imported here: only sidecars with a scrape endpoint pay for prometheus_client.
+        import prometheus_client
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+
         # A registry of our own: several configurations can live in one process (tests),
         # and the process/GC collectors of prometheus_client's default one are kept.
         registry = prometheus_client.CollectorRegistry()
