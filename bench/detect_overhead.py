@@ -35,7 +35,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -51,6 +50,7 @@ from typing import Any
 
 import aiomqtt
 import grpc
+from benchlib import machine  # bench/ is on sys.path when run as a script
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_metrics
@@ -94,13 +94,6 @@ def cpu_s(pids: Iterable[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def machine() -> dict[str, Any]:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    nproc, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
-    return {"nproc": nproc, "python": platform.python_version(), "cpu": cpu, "load_1m": load}
 
 
 def cli_exists() -> bool:

@@ -28,17 +28,15 @@ import contextlib
 import functools
 import json
 import logging
-import os
-import platform
 import random
 import signal
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as redis
+from benchlib import machine  # bench/ is on sys.path when run as a script
 from redis.exceptions import RedisError
 
 from gateway.config import GatewayConfig, parse_config
@@ -53,13 +51,6 @@ TARGETS = {"p99_ms": 100.0, "commands_per_s": 5.0}
 OP_S = 5.0  # bound on convergence and on every single switch
 FAILURES = 1  # see the docstring: makes holddown_s apply, so nobody fails back during the bench
 LUA_ONLY = {"set", "sadd", "smembers", "get", "srem"}  # issued here only by REPORT/VIEWS_SCRIPT
-
-
-def machine() -> dict[str, Any]:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    nproc, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
-    return {"nproc": nproc, "python": platform.python_version(), "cpu": cpu, "load_1m": load}
 
 
 def make_config(url: str) -> GatewayConfig:

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import random
 import re
 import shutil
@@ -41,6 +40,7 @@ from typing import Any, cast
 
 import aiomqtt
 import grpc
+from benchlib import machine  # bench/ is on sys.path when run as a script
 
 from gateway.client import GatewayClient
 from gateway.config import LinkTimings, default_topics
@@ -60,13 +60,6 @@ SERVE = [sys.executable, "-m", "gateway", "--log-format", "json", "serve"]
 PDEATHSIG = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
 TARGETS = {"kill": 0.25, "hang": 1.0}
 FAULTS = {"kill": "SIGKILL", "hang": "SIGSTOP"}
-
-
-def machine() -> dict[str, Any]:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "?")
-    nproc, load = len(os.sched_getaffinity(0)), os.getloadavg()[0]
-    return {"nproc": nproc, "python": platform.python_version(), "cpu": cpu, "load_1m": load}
 
 
 @dataclass
