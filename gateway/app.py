@@ -44,6 +44,7 @@ _failover_duration = _meter.create_histogram(
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DRAIN_GRACE_S = 5.0
+STOP_LIMIT_S = 5.0
 
 
 def make_instance_id(table_code: str) -> str:
@@ -266,8 +267,13 @@ class Sidecar:
             await self._server.stop(DRAIN_GRACE_S)
         if self._main is not None:
             self._main.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._main
+            done, _ = await asyncio.wait({self._main}, timeout=STOP_LIMIT_S)
+            if not done:  # never hang a shutdown: say what is stuck and go on
+                stuck = sorted(t.get_name() for t in asyncio.all_tasks() if not t.done())
+                log.error("sidecar loops still running %ss after cancel: %s", STOP_LIMIT_S, stuck)
+            else:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._main
         if self.store is not None:
             await self.store.aclose()
         log.info("sidecar %s stopped", self.instance_id)

@@ -31,7 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import BrokerConfig, LinkTimings
 from gateway.election import Decision, ElectionStatus, Elector, LinkState, LinkStatus
-from gateway.errors import NoBrokerAvailable
+from gateway.errors import NoBrokerAvailable, raise_if_cancelled
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -108,16 +108,6 @@ class _ServerNameContext(ssl.SSLContext):
     def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
         kwargs["server_hostname"] = self._server_name
         return super().wrap_socket(sock, *args, **kwargs)
-
-
-def raise_if_cancelled() -> None:
-    """Honour a cancellation that Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt)
-    swallows when the awaited future completes in the same loop step (fixed in 3.12).
-
-    Every loop that runs until cancelled and awaits aiomqtt calls this on each turn."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def _refused(code: object) -> bool:

@@ -25,7 +25,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Status, StatusCode
 
-from gateway.brokers import PublishReceipt, raise_if_cancelled
+from gateway.brokers import PublishReceipt
 from gateway.config import TableConfig
 from gateway.election import Decision
 from gateway.errors import (
@@ -35,6 +35,7 @@ from gateway.errors import (
     InvalidRequest,
     NoBrokerAvailable,
     RoundSuperseded,
+    raise_if_cancelled,
 )
 from gateway.protocol import (
     Answer,

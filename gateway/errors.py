@@ -16,6 +16,8 @@ into these where the library is called, with ``raise ... from exc``.
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 
 
@@ -87,3 +89,13 @@ class RoundSuperseded(GatewayError):
     def __init__(self, message: str, *, new_round_id: str) -> None:
         super().__init__(message)
         self.new_round_id = new_round_id
+
+
+def raise_if_cancelled() -> None:
+    """Honour a cancellation that Python 3.11's ``asyncio.wait_for`` (used inside aiomqtt)
+    swallows when the awaited future completes in the same loop step (fixed in 3.12).
+
+    Every loop that runs until cancelled and awaits aiomqtt calls this on each turn."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

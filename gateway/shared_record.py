@@ -43,6 +43,7 @@ from gateway.election import (
     decide,
     effective_holddown,
 )
+from gateway.errors import raise_if_cancelled
 from gateway.store import RECORD_FIELD, VIEW_PREFIX, Keys
 
 log = logging.getLogger(__name__)
@@ -407,6 +408,7 @@ class SharedElector:
 
     async def _reporter(self) -> None:
         while True:
+            raise_if_cancelled()  # redis-py's connect may swallow one on Python 3.11
             self._dirty.clear()
             try:
                 await self._step()
@@ -419,10 +421,12 @@ class SharedElector:
     async def _watch(self) -> None:
         """Learn new records within milliseconds of their write."""
         while True:
+            raise_if_cancelled()
             pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(self.keys.channel)
                 while True:
+                    raise_if_cancelled()
                     message = await pubsub.get_message(
                         ignore_subscribe_messages=True, timeout=self._r.refresh_s
                     )

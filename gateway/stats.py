@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.detect import Counters
 from gateway.election import Decision, LinkStatus
-from gateway.errors import Unavailable
+from gateway.errors import Unavailable, raise_if_cancelled
 from gateway.store import Keys
 
 if TYPE_CHECKING:
@@ -197,6 +197,7 @@ class StatsWriter:
         from redis.exceptions import RedisError
 
         while True:
+            raise_if_cancelled()  # redis-py's connect may swallow one on Python 3.11
             try:
                 await self.write_once()
             except RedisError as exc:
