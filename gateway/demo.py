@@ -13,6 +13,7 @@ import contextlib
 import shutil
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway.app import Sidecar
@@ -102,7 +103,8 @@ async def run_demo(first_port: int = 50051, once: bool = False) -> int:
         if once:
             return 0
         first = sidecars[0].address
-        exe = shutil.which("gateway") or f"{sys.executable} -m gateway"
+        local = Path(sys.executable).parent / "gateway"  # the venv's script, off PATH under make
+        exe = shutil.which("gateway") or (str(local) if local.exists() else "python -m gateway")
         print(
             "\nServing until Ctrl-C. Try, from another terminal:\n"
             f"  {exe} detect --target {first} --round-id SBO-001-demo-2\n"

@@ -209,7 +209,8 @@ class LocalElector:
             return
         previous = self._decision.broker_id
         self._decision = Decision(broker_id, 0, reason, now)
-        log.warning("active broker %s -> %s: %s", previous, broker_id, reason)
+        level = logging.INFO if previous is None else logging.WARNING  # a first choice is no switch
+        log.log(level, "active broker %s -> %s: %s", previous, broker_id, reason)
         announce(previous, self._decision, self._listeners)
 
     async def run(self) -> None:
