@@ -217,8 +217,7 @@ def dump_config(config: GatewayConfig) -> dict[str, Any]:
 
 
 def _parse_v1(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
-    version = top.integer("version", lo=1, hi=FORMAT_VERSION)
-    del version
+    top.integer("version", lo=1, hi=FORMAT_VERSION)  # checked; there is one version so far
     t = top.section("table")
     table = _table(
         t,

@@ -319,8 +319,7 @@ class RoundDesk:
     def _apply(self, rnd: _Round | None, frame: Frame, broker_id: str) -> str | None:
         """Complete the round if ``frame`` is its answer; else say what kind of frame it is."""
         answered = (
-            isinstance(frame, Foreign | Answer | IdpFailure)
-            and self._round_of(frame) == self._answered
+            isinstance(frame, Foreign | Answer | IdpFailure) and frame.round_id == self._answered
         )
         if rnd is None:
             if answered:
@@ -352,10 +351,6 @@ class RoundDesk:
         rnd.tally.invalid += 1
         rnd.tally.last_invalid = frame.reason
         return "invalid"
-
-    @staticmethod
-    def _round_of(frame: Foreign | Answer | IdpFailure) -> str:
-        return frame.round_id
 
     def on_decision(self, decision: Decision) -> None:
         """The active broker changed: re-publish a waiting round's detect on it."""
