@@ -14,7 +14,7 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
 from gateway.detect import RoundDesk
 from gateway.election import Decision, Elector, LocalElector
+from gateway.reload import ConfigReloader
 from gateway.service import SERVICE_NAME, GatewayService, overall_status
 from gateway.stats import SidecarStats, StatsWriter, read_fleet, take_snapshot
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -63,6 +64,8 @@ class Sidecar:
         instance_id: str | None = None,
         elector: Elector | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor[object, object]] = (),
+        config_path: str | None = None,
+        config_adjust: Callable[[GatewayConfig], GatewayConfig] | None = None,
     ) -> None:
         self.config = config
         self.instance_id = instance_id or make_instance_id(config.table.code)
@@ -112,6 +115,17 @@ class Sidecar:
         self.service = GatewayService(
             config, self.desk, self.pool, self.instance_id, self.snapshot, fleet
         )
+        self.reloader: ConfigReloader | None = None
+        if config_path is not None:
+            self.reloader = ConfigReloader(
+                config_path,
+                config,
+                apply=self._apply_config,
+                wait_idle=self.desk.wait_idle,
+                adjust=config_adjust or (lambda c: c),
+            )
+            reloader = self.reloader
+            self.service.config_error = lambda: reloader.last_error
         # aio is re-exported by grpc_health.v1.health at run time; the stubs lack it.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
@@ -202,6 +216,12 @@ class Sidecar:
         )
         meter.create_observable_gauge("gateway.epoch", [epoch], description="active-broker epoch")
 
+    def _apply_config(self, config: GatewayConfig) -> None:
+        """A reloaded configuration, between rounds: only what can change live."""
+        self.config = config
+        self.desk.reconfigure(config.table)
+        self.service.config = config
+
     def snapshot(self) -> SidecarStats:
         """This sidecar's statistics right now."""
         return take_snapshot(
@@ -211,6 +231,7 @@ class Sidecar:
             self.pool.statuses(),
             self.pool.decision(),
             self.desk.counters,
+            self.reloader.last_error if self.reloader else "",
         )
 
     @property
@@ -225,6 +246,8 @@ class Sidecar:
             tasks.create_task(self._health_loop(), name="health")
             if self.stats_writer is not None:
                 tasks.create_task(self.stats_writer.run(), name="stats")
+            if self.reloader is not None:
+                tasks.create_task(self.reloader.run(), name="config-reload")
 
     async def _health_loop(self) -> None:
         """Mirror readiness into grpc.health.v1: SERVING only with a ready active broker."""
@@ -283,13 +306,22 @@ async def serve(
     config: GatewayConfig,
     listen: str = DEFAULT_LISTEN,
     interceptors: Sequence[grpc.aio.ServerInterceptor[object, object]] = (),
+    config_path: str | None = None,
+    config_adjust: Callable[[GatewayConfig], GatewayConfig] | None = None,
 ) -> None:
     """Run a sidecar until SIGTERM/SIGINT; raise if a loop crashes."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Sidecar(config, listen=listen, interceptors=interceptors) as sidecar:
+    sidecar = Sidecar(
+        config,
+        listen=listen,
+        interceptors=interceptors,
+        config_path=config_path,
+        config_adjust=config_adjust,
+    )
+    async with sidecar:
         stopper = asyncio.create_task(stop.wait(), name="signals")
         crashed = asyncio.create_task(sidecar.wait(), name="loops")
         done, _ = await asyncio.wait({stopper, crashed}, return_when=asyncio.FIRST_COMPLETED)

@@ -90,12 +90,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        config = load_config(args.config)
-        if args.redis_url:
-            config = _with_redis(config, args.redis_url)
+        url = args.redis_url
+
+        def adjust(config: GatewayConfig) -> GatewayConfig:
+            return _with_redis(config, url) if url else config
+
+        config = adjust(load_config(args.config))
         telemetry = configure_telemetry(metrics_listen=args.metrics_listen)
         try:
-            await serve(config, args.listen, grpc_server_interceptors())
+            await serve(
+                config,
+                args.listen,
+                grpc_server_interceptors(),
+                config_path=args.config,
+                config_adjust=adjust,
+            )
         except OSError as exc:
             print(f"gateway: {exc}", file=sys.stderr)
             return 1

@@ -169,12 +169,19 @@ class RoundDesk:
         self._current: _Round | None = None
         self._answered: str | None = None  # the last round that got its answer
         self._queue: asyncio.Queue[_Command] = asyncio.Queue()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._decision_changed = asyncio.Event()
 
     @property
     def busy(self) -> bool:
         """True while a round waits for its answer (fail-back must not happen then)."""
         return self._current is not None and not self._current.closed
+
+    async def wait_idle(self) -> None:
+        """Return once no round is in flight (configuration changes wait for this)."""
+        while self.busy:
+            await self._idle.wait()
 
     def reconfigure(self, table: TableConfig) -> None:
         """Apply a new table config; only between rounds (the caller checks ``busy``)."""
@@ -281,6 +288,7 @@ class RoundDesk:
             self._close(cur, send_timeout=False)
         rnd = _Round(round_id, input_url, output_url, asyncio.get_running_loop().create_future())
         self._current = rnd
+        self._idle.clear()
         self._queue.put_nowait(_Command("detect", rnd))
         self._on_busy_change()
         return rnd
@@ -297,6 +305,7 @@ class RoundDesk:
             rnd.timeout_owed = True  # the worker sends it if the detect gets out after all
         if self._current is rnd:
             self._current = None
+            self._idle.set()
         self._on_busy_change()
 
     # --- frames in --------------------------------------------------------------------

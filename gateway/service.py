@@ -122,6 +122,7 @@ def stats_to_proto(s: SidecarStats) -> pb.SidecarStats:
         config_generation=s.config_generation,
         counters=pb.Counters(**{k: v for k, v in s.counters.items() if k in _COUNTER_FIELDS}),
         brokers=[pb.BrokerStats(**vars(b)) for b in s.brokers],
+        config_error=s.config_error,
     )
 
 
@@ -146,6 +147,7 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
         self._instance_id = instance_id
         self._snapshot = snapshot
         self._fleet = fleet
+        self.config_error: Callable[[], str] = lambda: ""  # set by the reloader's owner
 
     async def Detect(
         self, request: pb.DetectRequest, context: grpc.aio.ServicerContext[object, object]
@@ -266,4 +268,5 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
             election=election.state,
             live_reporters=election.live_reporters,
             broker_group=self.config.broker_group,
+            config_error=self.config_error(),
         )

@@ -52,6 +52,7 @@ class SidecarStats:
     config_generation: int
     counters: dict[str, int] = field(default_factory=dict)
     brokers: tuple[BrokerStat, ...] = ()
+    config_error: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ def take_snapshot(
     links: Sequence[LinkStatus],
     decision: Decision,
     counters: Counters,
+    config_error: str = "",
 ) -> SidecarStats:
     return SidecarStats(
         instance_id=instance_id,
@@ -81,6 +83,7 @@ def take_snapshot(
         epoch=decision.epoch,
         config_generation=generation,
         counters=asdict(counters),
+        config_error=config_error,
         brokers=tuple(
             BrokerStat(
                 id=s.id,
@@ -107,6 +110,7 @@ def to_hash(s: SidecarStats) -> dict[str, str]:
         "config_generation": str(s.config_generation),
         "counters": json.dumps(s.counters, separators=(",", ":")),
         "brokers": json.dumps([asdict(b) for b in s.brokers], separators=(",", ":")),
+        "config_error": s.config_error,
     }
 
 
@@ -121,6 +125,7 @@ def from_hash(h: dict[str, str]) -> SidecarStats:
         config_generation=int(h["config_generation"]),
         counters={str(k): int(v) for k, v in json.loads(h["counters"]).items()},
         brokers=tuple(BrokerStat(**b) for b in json.loads(h["brokers"])),
+        config_error=h.get("config_error", ""),
     )
 
 

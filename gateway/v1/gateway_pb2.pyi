@@ -377,6 +377,7 @@ class HealthResponse(_message.Message):
     ELECTION_FIELD_NUMBER: _builtins.int
     LIVE_REPORTERS_FIELD_NUMBER: _builtins.int
     BROKER_GROUP_FIELD_NUMBER: _builtins.int
+    CONFIG_ERROR_FIELD_NUMBER: _builtins.int
     status: Global___HealthResponse.Status.ValueType
     reason: _builtins.str
     """Why the status is what it is, and why the active broker was chosen."""
@@ -393,6 +394,8 @@ class HealthResponse(_message.Message):
     live_reporters: _builtins.int
     """Sidecars of the broker group whose broker views are live in the shared store."""
     broker_group: _builtins.str
+    config_error: _builtins.str
+    """Why the last change of the mounted configuration was not applied ("" if it was)."""
     @_builtins.property
     def brokers(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrokerHealth]: ...
     @_builtins.property
@@ -413,10 +416,11 @@ class HealthResponse(_message.Message):
         election: _builtins.str = ...,
         live_reporters: _builtins.int = ...,
         broker_group: _builtins.str = ...,
+        config_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "broker_group", b"broker_group", "brokers", b"brokers", "config_generation", b"config_generation", "counters", b"counters", "election", b"election", "epoch", b"epoch", "game", b"game", "instance_id", b"instance_id", "live_reporters", b"live_reporters", "reason", b"reason", "status", b"status", "table_code", b"table_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "broker_group", b"broker_group", "brokers", b"brokers", "config_error", b"config_error", "config_generation", b"config_generation", "counters", b"counters", "election", b"election", "epoch", b"epoch", "game", b"game", "instance_id", b"instance_id", "live_reporters", b"live_reporters", "reason", b"reason", "status", b"status", "table_code", b"table_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -494,6 +498,7 @@ class SidecarStats(_message.Message):
     CONFIG_GENERATION_FIELD_NUMBER: _builtins.int
     COUNTERS_FIELD_NUMBER: _builtins.int
     BROKERS_FIELD_NUMBER: _builtins.int
+    CONFIG_ERROR_FIELD_NUMBER: _builtins.int
     instance_id: _builtins.str
     table_code: _builtins.str
     updated_unix: _builtins.float
@@ -501,6 +506,8 @@ class SidecarStats(_message.Message):
     active_broker_id: _builtins.str
     epoch: _builtins.int
     config_generation: _builtins.int
+    config_error: _builtins.str
+    """Why the last configuration change was not applied ("" if it was)."""
     @_builtins.property
     def counters(self) -> Global___Counters: ...
     @_builtins.property
@@ -516,10 +523,11 @@ class SidecarStats(_message.Message):
         config_generation: _builtins.int = ...,
         counters: Global___Counters | None = ...,
         brokers: _abc.Iterable[Global___BrokerStats] | None = ...,
+        config_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "brokers", b"brokers", "config_generation", b"config_generation", "counters", b"counters", "epoch", b"epoch", "instance_id", b"instance_id", "table_code", b"table_code", "updated_unix", b"updated_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "brokers", b"brokers", "config_error", b"config_error", "config_generation", b"config_generation", "counters", b"counters", "epoch", b"epoch", "instance_id", b"instance_id", "table_code", b"table_code", "updated_unix", b"updated_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -98,6 +98,7 @@ class Stack:
         sim_brokers: Sequence[MosquittoProcess] | None = None,
         all_ready: bool = True,
         interceptors: Sequence[Any] = (),
+        config_path: str | None = None,
         **table: Any,
     ) -> None:
         self.brokers = list(brokers)
@@ -111,7 +112,9 @@ class Stack:
         devices, tables = sim_devices([sim_configs])
         self.sim = IdpSimulator(devices, tables, behaviour or Behaviour(delay_s=0.02))
         self._stack = contextlib.AsyncExitStack()
-        self.sidecar = Sidecar(self.config, listen="127.0.0.1:0", interceptors=interceptors)
+        self.sidecar = Sidecar(
+            self.config, listen="127.0.0.1:0", interceptors=interceptors, config_path=config_path
+        )
         self.client: GatewayClient
 
     async def __aenter__(self) -> Stack:
