@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gateway.errors import ConfigError, InvalidRequest
+from gateway.errors import ConfigError as ConfigError  # re-exported for the operator
+from gateway.errors import InvalidRequest
 from gateway.protocol import Game, check_stream_url
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""A kopf operator for GameTable resources: renders each table's sidecar configuration."""

@@ -1,0 +1,78 @@
+"""``gateway-operator``: offline tools of the GameTable operator (no cluster access)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gametable_operator.render import InvalidGameTable, render_configmap
+
+# A file about to be applied has no uid yet; the API server assigns it.
+PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Writes multi-line strings (the embedded table.json) as readable literal blocks."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for a bad file or GameTable)."""
+    parser = argparse.ArgumentParser(prog="gateway-operator", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    render = commands.add_parser(
+        "render", help="print the sidecar ConfigMap a GameTable file renders to, as YAML"
+    )
+    render.add_argument("gametable", metavar="GAMETABLE.yaml", type=Path)
+    render.add_argument(
+        "--uid", help="the GameTable's uid for the ownerReference (default: the file's, else zeros)"
+    )
+    args = parser.parse_args(argv)
+    return _render(args.gametable, args.uid)
+
+
+def _render(path: Path, uid: str | None) -> int:
+    try:
+        gametable: Any = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        return _fail(f"{path}: cannot read: {exc.strerror or exc}")
+    except yaml.YAMLError as exc:
+        return _fail(f"{path}: not valid YAML: {exc}")
+    if not isinstance(gametable, dict) or gametable.get("kind") != "GameTable":
+        return _fail(f"{path}: not a GameTable (kind: GameTable expected)")
+    meta = gametable.setdefault("metadata", {})
+    if isinstance(meta, dict) and (uid or not meta.get("uid")):
+        if not uid:
+            print(
+                f"gateway-operator: {path}: no metadata.uid; the ownerReference uses a "
+                "placeholder (the operator uses the applied resource's uid)",
+                file=sys.stderr,
+            )
+        meta["uid"] = uid or PLACEHOLDER_UID
+    try:
+        configmap = render_configmap(gametable)
+    except InvalidGameTable as exc:
+        return _fail(f"{path}: {exc.message}")
+    sys.stdout.write(yaml.dump(configmap, Dumper=_Dumper, sort_keys=False))
+    return 0
+
+
+def _fail(message: str) -> int:
+    print(f"gateway-operator: invalid GameTable: {message}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

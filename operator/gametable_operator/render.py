@@ -1,0 +1,249 @@
+"""From a GameTable to the sidecar's configuration: pure functions, no cluster access.
+
+The GameTable's spec is rendered into the gateway's own config format (``"version": 1``,
+``docs/config.md``) and checked with ``gateway.config.parse_config``, so the schema exists
+once. Credentials never enter the document: each broker points at the directory where the
+sidecar mounts its Secret, and Redis at the mounted URL file.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.config import ConfigError, GatewayConfig, parse_config
+
+# The one name imported beyond the config model: the error parse_config raises.
+
+GROUP = "studio.gateway.dev"
+VERSION = "v1alpha1"
+KIND = "GameTable"
+API_VERSION = f"{GROUP}/{VERSION}"
+CONFIG_KEY = "table.json"
+BROKERS_DIR = "/etc/gateway/brokers"
+TLS_DIR = "/etc/gateway/tls"
+REDIS_URL_FILE = "/etc/gateway/redis/url"
+
+# Field paths of the gateway's format, as the GameTable spells them (for error messages).
+_SPEC_PATHS = (
+    ("table.game", "spec.game"),
+    ("table.code", "spec.tableCode"),
+    ("table.command_topic", "spec.topics.command"),
+    ("table.response_topic", "spec.topics.response"),
+    ("table.shaker_listens", "spec.shaker.name"),
+    ("table.shaker_says", "spec.shaker.name"),
+    ("table.timeout_s", "spec.detect.timeoutSeconds"),
+    ("table.retry_count", "spec.detect.retryCount"),
+    ("table.retry_delay_s", "spec.detect.retryDelaySeconds"),
+    ("table.input", "spec.streams.input"),
+    ("table.output", "spec.streams.output"),
+    ("redis.key_prefix", "spec.redis.keyPrefix"),
+    ("broker_group", "spec.brokerGroup.name"),
+    ("brokers", "spec.brokerGroup.brokers"),
+)
+_BROKER_FIELDS = {"server_name": "serverName", "insecure_skip_verify": "insecureSkipVerify"}
+
+
+class InvalidGameTable(ValueError):
+    """A GameTable that cannot be rendered; the message names the resource and the field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def render_config(gametable: Mapping[str, Any]) -> GatewayConfig:
+    """The sidecar configuration a GameTable describes, validated by the gateway's parser."""
+    return _render(gametable)[1]
+
+
+def render_document(gametable: Mapping[str, Any]) -> dict[str, Any]:
+    """The gateway's config document (``table.json``) for a GameTable, validated."""
+    return _render(gametable)[0]
+
+
+def render_configmap(gametable: Mapping[str, Any]) -> dict[str, Any]:
+    """The ConfigMap ``<name>-gateway`` holding ``table.json``, owned by the GameTable."""
+    doc = render_document(gametable)
+    meta = _section(gametable, "metadata", "metadata")
+    name = _string(meta, "name", "metadata.name")
+    uid = _string(meta, "uid", "metadata.uid")
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": f"{name}-gateway",
+            "namespace": _namespace(meta),
+            "labels": {
+                "app.kubernetes.io/name": "studio-gateway",
+                "app.kubernetes.io/component": "sidecar-config",
+                f"{GROUP}/gametable": name,
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": KIND,
+                    "name": name,
+                    "uid": uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "data": {CONFIG_KEY: json.dumps(doc, indent=2, sort_keys=True) + "\n"},
+    }
+
+
+def _render(gametable: Mapping[str, Any]) -> tuple[dict[str, Any], GatewayConfig]:
+    meta = _section(gametable, "metadata", "metadata")
+    name = _string(meta, "name", "metadata.name")
+    source = f"GameTable {_namespace(meta)}/{name}"
+    try:
+        doc = _document(gametable)
+        # parse_config would stat the Secret mounts and read the Redis URL file, which exist
+        # only in the sidecar; it validates a copy without them, so rendering does no I/O.
+        config = parse_config(_without_mounts(doc), source=source, env={})
+    except InvalidGameTable as exc:
+        raise InvalidGameTable(f"{source}: {exc.message}") from exc
+    except ConfigError as exc:
+        raise InvalidGameTable(_spec_message(exc.message, source)) from exc
+    return doc, config
+
+
+def _document(gametable: Mapping[str, Any]) -> dict[str, Any]:
+    meta = _section(gametable, "metadata", "metadata")
+    spec = _section(gametable, "spec", "spec")
+    game = _string(spec, "game", "spec.game")
+    code = _string(spec, "tableCode", "spec.tableCode")
+    table: dict[str, Any] = {"game": game, "code": code}
+
+    topics = _opt_section(spec, "topics", "spec.topics")
+    for key, field in (("command", "command_topic"), ("response", "response_topic")):
+        if topics.get(key) is not None:
+            table[field] = topics[key]
+
+    shaker = _opt_section(spec, "shaker", "spec.shaker")
+    if shaker:
+        if game != "sicbo":
+            raise InvalidGameTable("spec.shaker: only for sicbo tables")
+        shaker_name = _string(shaker, "name", "spec.shaker.name")
+        table["shaker_listens"] = f"ikg/sicbo/{shaker_name}/listens"
+        table["shaker_says"] = f"ikg/sicbo/{shaker_name}/says"
+
+    detect = _opt_section(spec, "detect", "spec.detect")
+    for key, field in (
+        ("timeoutSeconds", "timeout_s"),
+        ("retryCount", "retry_count"),
+        ("retryDelaySeconds", "retry_delay_s"),
+    ):
+        if detect.get(key) is not None:
+            table[field] = detect[key]
+
+    streams = _opt_section(spec, "streams", "spec.streams")
+    if streams.get("output") is not None and game != "sicbo":
+        raise InvalidGameTable("spec.streams.output: only for sicbo tables")
+    for key in ("input", "output"):
+        if streams.get(key) is not None:
+            table[key] = streams[key]
+
+    group = _section(spec, "brokerGroup", "spec.brokerGroup")
+    brokers = group.get("brokers")
+    if not isinstance(brokers, list) or not brokers:
+        raise InvalidGameTable("spec.brokerGroup.brokers: at least one broker is required")
+    doc: dict[str, Any] = {
+        "version": 1,
+        "generation": meta.get("generation", 0),
+        "broker_group": _string(group, "name", "spec.brokerGroup.name"),
+        "table": table,
+        "brokers": [_broker(b, i) for i, b in enumerate(brokers)],
+    }
+
+    redis = _opt_section(spec, "redis", "spec.redis")
+    if redis:
+        _section(redis, "urlSecret", "spec.redis.urlSecret")
+        doc["redis"] = {"url_file": REDIS_URL_FILE}
+        if redis.get("keyPrefix") is not None:
+            doc["redis"]["key_prefix"] = redis["keyPrefix"]
+    return doc
+
+
+def _broker(b: Any, i: int) -> dict[str, Any]:
+    where = f"spec.brokerGroup.brokers[{i}]"
+    if not isinstance(b, Mapping):
+        raise InvalidGameTable(f"{where}: must be an object")
+    broker_id = _string(b, "id", f"{where}.id")
+    secret = _section(b, "credentialsSecret", f"{where}.credentialsSecret")
+    _string(secret, "name", f"{where}.credentialsSecret.name")
+    entry: dict[str, Any] = {
+        "id": broker_id,
+        "host": b.get("host"),
+        "port": b.get("port", 1883),
+        "priority": b.get("priority", 1),
+        "credentials_dir": f"{BROKERS_DIR}/{broker_id}",
+    }
+    if b.get("tls") is not None:
+        tls = _opt_section(b, "tls", f"{where}.tls")
+        entry["tls"] = {}
+        if tls.get("caSecretKey") is not None:
+            entry["tls"]["ca_file"] = f"{TLS_DIR}/{broker_id}/ca.crt"
+        if tls.get("serverName") is not None:
+            entry["tls"]["server_name"] = tls["serverName"]
+        if tls.get("insecureSkipVerify") is not None:
+            entry["tls"]["insecure_skip_verify"] = tls["insecureSkipVerify"]
+    return entry
+
+
+def _without_mounts(doc: dict[str, Any]) -> dict[str, Any]:
+    checked = copy.deepcopy(doc)
+    for b in checked["brokers"]:
+        b.pop("credentials_dir", None)
+    if "redis" in checked:
+        checked["redis"].pop("url_file", None)
+    return checked
+
+
+def _spec_message(message: str, source: str) -> str:
+    """Rewrite the gateway's field path (``brokers[1].port``) into the spec's."""
+    rest = message.removeprefix(f"{source}: ")
+    path, sep, problem = rest.partition(": ")
+    if not sep:
+        return message
+    for ours, theirs in _SPEC_PATHS:
+        if path == ours or path.startswith((f"{ours}.", f"{ours}[")):
+            path = theirs + path[len(ours) :]
+            break
+    path = re.sub(r"\w+$", lambda m: _BROKER_FIELDS.get(m.group(0), m.group(0)), path)
+    return f"{source}: {path}: {problem}"
+
+
+def _namespace(meta: Mapping[str, Any]) -> str:
+    namespace = meta.get("namespace") or "default"
+    if not isinstance(namespace, str):
+        raise InvalidGameTable("metadata.namespace: must be a string")
+    return namespace
+
+
+def _section(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if not isinstance(value, Mapping):
+        raise InvalidGameTable(f"{where}: is required and must be an object")
+    return value
+
+
+def _opt_section(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidGameTable(f"{where}: must be an object")
+    return value
+
+
+def _string(parent: Mapping[str, Any], key: str, where: str) -> str:
+    value = parent.get(key)
+    if not isinstance(value, str) or not value:
+        raise InvalidGameTable(f"{where}: is required and must be a non-empty string")
+    return value
