@@ -35,7 +35,12 @@ _SUITS = "CDHS"
 _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.05, 0.5
 _OVERSIZE_PAD = 1 << 20
-_EARLY_EMPTY: dict[str, object] = {"sicbo": [], "roulette": None, "baccarat": [""] * 6}
+# What an IDP sends for the current round before it has read anything (never a result).
+_EARLY_EMPTY: dict[str, object] = {
+    "sicbo": [],
+    "roulette": None,
+    "baccarat": ["", "", "", "", "", ""],
+}
 _OUT_OF_RANGE: dict[str, object] = {
     "sicbo": [0, 7, 3],
     "roulette": 37,
