@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
@@ -282,8 +283,11 @@ def test_local_elector_failback_after_holddown_uses_fake_clock() -> None:
     assert [d.broker_id for d in seen] == ["b", "a"]
 
 
-async def test_local_elector_run_fails_back_when_holddown_expires() -> None:
-    """run() re-evaluates by itself when the preferred broker's hold-down expires."""
+@contextlib.asynccontextmanager
+async def running_elector() -> AsyncIterator[
+    tuple[FakeClock, LocalElector, list[Decision], asyncio.Event]
+]:
+    """A LocalElector with a fake clock, its run() loop going, and its decisions recorded."""
     clock = FakeClock()
     elector = LocalElector(TIMINGS, clock=clock)
     changed = asyncio.Event()
@@ -296,6 +300,14 @@ async def test_local_elector_run_fails_back_when_holddown_expires() -> None:
     elector.add_listener(listener)
     task = asyncio.create_task(elector.run(), name="elector")
     try:
+        yield clock, elector, seen, changed
+    finally:
+        task.cancel()
+
+
+async def test_local_elector_run_fails_back_when_holddown_expires() -> None:
+    """run() re-evaluates by itself when the preferred broker's hold-down expires."""
+    async with running_elector() as (clock, elector, seen, changed):
         elector.update([link("b", 2)], busy=False)
         back = link("a", 1, since=NOW, failure_times=[NOW - 1])
         elector.update([back, link("b", 2)], busy=False)
@@ -304,24 +316,11 @@ async def test_local_elector_run_fails_back_when_holddown_expires() -> None:
         async with asyncio.timeout(1.0):
             await changed.wait()
         assert [d.broker_id for d in seen] == ["b", "a"]
-    finally:
-        task.cancel()
 
 
 async def test_local_elector_run_reaches_best_broker_after_intermediate_failback() -> None:
     """After failing back to a second-best broker, the best one is used when its hold-down ends."""
-    clock = FakeClock()
-    elector = LocalElector(TIMINGS, clock=clock)
-    changed = asyncio.Event()
-    seen: list[Decision] = []
-
-    def listener(decision: Decision) -> None:
-        seen.append(decision)
-        changed.set()
-
-    elector.add_listener(listener)
-    task = asyncio.create_task(elector.run(), name="elector")
-    try:
+    async with running_elector() as (clock, elector, seen, changed):
         elector.update([link("c", 3)], busy=False)
         held = link("a", 1, since=NOW, failure_times=[NOW - 1])
         fresh = link("b", 2, since=NOW)  # never failed: no hold-down
@@ -332,5 +331,3 @@ async def test_local_elector_run_reaches_best_broker_after_intermediate_failback
         async with asyncio.timeout(0.2):
             await changed.wait()
         assert [d.broker_id for d in seen] == ["c", "b", "a"]
-    finally:
-        task.cancel()
