@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -50,7 +49,7 @@ from typing import Any
 
 import aiomqtt
 import grpc
-from benchlib import machine  # bench/ is on sys.path when run as a script
+from benchlib import machine, run_bounded  # bench/ is on sys.path when run as a script
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_metrics
@@ -539,21 +538,10 @@ def main() -> int:
     if not cli_exists():
         sys.exit(f"needs the sidecar's CLI: `{' '.join(SERVE)} --help` failed")
 
-    async def bounded() -> dict[str, Any]:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        async with asyncio.timeout(180 + 0.05 * 7 * (args.rounds + args.warmup)):
-            return await measure(args)
-
-    try:
-        result = asyncio.run(bounded())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:  # a wrong answer, no span at the sink...: nothing to report
-        print(f"bench failed: {exc}", file=sys.stderr)
-        return 2
+    # A wrong answer, no span at the sink... (RuntimeError): nothing to report.
+    result = run_bounded(lambda: measure(args), 180 + 0.05 * 7 * (args.rounds + args.warmup))
+    if isinstance(result, int):
+        return result
     if args.json:
         print(json.dumps(result))
     else:

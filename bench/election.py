@@ -29,14 +29,13 @@ import functools
 import json
 import logging
 import random
-import signal
 import statistics
 import sys
 import time
 from typing import Any
 
 import redis.asyncio as redis
-from benchlib import machine  # bench/ is on sys.path when run as a script
+from benchlib import machine, run_bounded  # bench/ is on sys.path when run as a script
 from redis.exceptions import RedisError
 
 from gateway.config import GatewayConfig, parse_config
@@ -131,7 +130,7 @@ async def switches(fleet: Fleet, admin: redis.Redis, count: int) -> dict[str, An
     keys, cas = fleet.electors[0].keys, admin.register_script(CAS_SCRIPT)
     samples, first, foreign = [], [], 0
     for k in range(count):
-        current = Record.from_json(await admin.hget(keys.group_hash, RECORD_FIELD))
+        current = Record.from_json(str(await admin.hget(keys.group_hash, RECORD_FIELD)))
         foreign += k > 0 and current.by != "bench"
         epoch, broker = current.epoch, ("b2", "b1")[k % 2]
         new = Record(broker, epoch + 1, "bench", time.time(), "bench")
@@ -233,21 +232,13 @@ def main() -> int:
         p.error("--clients and --switches must be >= 1, --idle-seconds > 0")
     logging.getLogger("gateway").setLevel(logging.ERROR)  # 50 x "active broker" per switch
 
-    async def bounded() -> dict[str, Any]:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        async with asyncio.timeout(60 + args.switches * (OP_S + 0.3) + args.idle_seconds):
-            return await measure(args)
-
-    try:
-        result = asyncio.run(bounded())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
-    except (RuntimeError, TimeoutError, RedisError, SandboxError) as exc:
-        print(f"bench failed: {exc or type(exc).__name__}", file=sys.stderr)
-        return 2
+    result = run_bounded(
+        lambda: measure(args),
+        60 + args.switches * (OP_S + 0.3) + args.idle_seconds,
+        (RuntimeError, TimeoutError, RedisError, SandboxError),
+    )
+    if isinstance(result, int):
+        return result
     if args.json:
         checks = [
             {"name": n, "value": v, "target_max": t, "pass": ok} for n, v, t, ok in verdicts(result)

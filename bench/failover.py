@@ -26,7 +26,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from typing import Any, cast
 
 import aiomqtt
 import grpc
-from benchlib import machine  # bench/ is on sys.path when run as a script
+from benchlib import machine, run_bounded  # bench/ is on sys.path when run as a script
 
 from gateway.client import GatewayClient
 from gateway.config import LinkTimings, default_topics
@@ -347,19 +346,10 @@ def main() -> int:
     logging.basicConfig(level=logging.CRITICAL)  # "sim lost b1", paho's resets: expected here
     logging.getLogger("mqtt").setLevel(logging.CRITICAL)  # aiomqtt sets its own level
 
-    async def bounded() -> dict[str, Any]:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        limit = 2 * args.trials * TRIAL_S + (args.baseline_trials + 1) * BASELINE_LIMIT_S + 60
-        async with asyncio.timeout(limit):
-            return await measure(args)
-
-    try:
-        result = asyncio.run(bounded())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; everything started was stopped", file=sys.stderr)
-        return 130
+    limit = 2 * args.trials * TRIAL_S + (args.baseline_trials + 1) * BASELINE_LIMIT_S + 60
+    result = run_bounded(lambda: measure(args), limit)
+    if isinstance(result, int):
+        return result
     if args.json:
         print(json.dumps(result))
     else:
