@@ -44,6 +44,9 @@ _failover_duration = _meter.create_histogram(
 )
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+# grpc.health.v1 service names: "" and SERVICE_NAME are SERVING only with a ready active
+# broker (readiness); LIVENESS_SERVICE is SERVING while the process serves at all.
+LIVENESS_SERVICE = "liveness"
 DRAIN_GRACE_S = 5.0
 STOP_LIMIT_S = 5.0
 
@@ -61,6 +64,7 @@ class Sidecar:
         config: GatewayConfig,
         *,
         listen: str = DEFAULT_LISTEN,
+        health_listen: str | None = None,
         instance_id: str | None = None,
         elector: Elector | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor[object, object]] = (),
@@ -70,6 +74,7 @@ class Sidecar:
         self.config = config
         self.instance_id = instance_id or make_instance_id(config.table.code)
         self._listen = listen
+        self._health_listen = health_listen
         self._interceptors = list(interceptors)
         self.store: redis.Redis | None = None
         shared = None
@@ -129,7 +134,9 @@ class Sidecar:
         # aio is re-exported by grpc_health.v1.health at run time; the stubs lack it.
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.port = 0
+        self.health_port = 0
         self._server: grpc.aio.Server | None = None
+        self._health_server: grpc.aio.Server | None = None
         self._main: asyncio.Task[None] | None = None
         self._last_active: str | None = None
         self._health_changed = asyncio.Event()
@@ -150,12 +157,16 @@ class Sidecar:
         reflection.enable_server_reflection(names, server)
         for service in ("", SERVICE_NAME):
             await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        try:
-            self.port = server.add_insecure_port(self._listen)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {self._listen}: {exc}") from exc
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self._listen}: address in use or not available")
+        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        self.port = _bind(server, self._listen)
+        if self._health_listen is not None:
+            # Health alone on a second address: kubelet probes reach the pod IP, while
+            # Detect stays on the loopback address the game calls.
+            health_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, health_server)
+            self.health_port = _bind(health_server, self._health_listen)
+            await health_server.start()
+            self._health_server = health_server
         await server.start()
         self._server = server
         self._main = asyncio.create_task(self._run(), name="sidecar")
@@ -208,6 +219,13 @@ class Sidecar:
         def epoch(options: CallbackOptions) -> list[Observation]:
             return [Observation(self.pool.decision().epoch, {"table": table})]
 
+        def degraded(options: CallbackOptions) -> list[Observation]:
+            overall = overall_status(
+                self.pool.statuses(), self.pool.decision(), self.elector.status().problems
+            )
+            is_degraded = overall.status == gateway_pb2.HealthResponse.DEGRADED
+            return [Observation(int(is_degraded), {"table": table})]
+
         meter = metrics.get_meter(__name__)
         meter.create_observable_gauge("gateway.broker.up", [brokers_up], description="1 = ready")
         meter.create_observable_gauge("gateway.broker.probe_rtt", [probe_rtt], unit="s")
@@ -215,6 +233,9 @@ class Sidecar:
             "gateway.broker.active", [active], description="1 for the active broker"
         )
         meter.create_observable_gauge("gateway.epoch", [epoch], description="active-broker epoch")
+        meter.create_observable_gauge(
+            "gateway.degraded", [degraded], description="1 while Health reports DEGRADED"
+        )
 
     def _apply_config(self, config: GatewayConfig) -> None:
         """A reloaded configuration, between rounds: only what can change live."""
@@ -288,6 +309,8 @@ class Sidecar:
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(DRAIN_GRACE_S)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         if self._main is not None:
             self._main.cancel()
             done, _ = await asyncio.wait({self._main}, timeout=STOP_LIMIT_S)
@@ -302,12 +325,23 @@ class Sidecar:
         log.info("sidecar %s stopped", self.instance_id)
 
 
+def _bind(server: grpc.aio.Server, address: str) -> int:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        raise OSError(f"cannot listen on {address}: address in use or not available")
+    return port
+
+
 async def serve(
     config: GatewayConfig,
     listen: str = DEFAULT_LISTEN,
     interceptors: Sequence[grpc.aio.ServerInterceptor[object, object]] = (),
     config_path: str | None = None,
     config_adjust: Callable[[GatewayConfig], GatewayConfig] | None = None,
+    health_listen: str | None = None,
 ) -> None:
     """Run a sidecar until SIGTERM/SIGINT; raise if a loop crashes."""
     stop = asyncio.Event()
@@ -317,6 +351,7 @@ async def serve(
     sidecar = Sidecar(
         config,
         listen=listen,
+        health_listen=health_listen,
         interceptors=interceptors,
         config_path=config_path,
         config_adjust=config_adjust,

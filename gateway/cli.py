@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the sidecar for one table")
     p.add_argument("--config", required=True, metavar="FILE", help="table config (JSON)")
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="also serve grpc.health.v1 alone on HOST:PORT, for kubelet probes (off by default)",
+    )
     p.add_argument("--redis-url", metavar="URL", help="shared election and statistics store")
     p.add_argument(
         "--metrics-listen",
@@ -104,6 +109,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 grpc_server_interceptors(),
                 config_path=args.config,
                 config_adjust=adjust,
+                health_listen=args.health_listen,
             )
         except OSError as exc:
             print(f"gateway: {exc}", file=sys.stderr)

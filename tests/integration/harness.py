@@ -99,6 +99,7 @@ class Stack:
         all_ready: bool = True,
         interceptors: Sequence[Any] = (),
         config_path: str | None = None,
+        health_listen: str | None = None,
         **table: Any,
     ) -> None:
         self.brokers = list(brokers)
@@ -113,7 +114,11 @@ class Stack:
         self.sim = IdpSimulator(devices, tables, behaviour or Behaviour(delay_s=0.02))
         self._stack = contextlib.AsyncExitStack()
         self.sidecar = Sidecar(
-            self.config, listen="127.0.0.1:0", interceptors=interceptors, config_path=config_path
+            self.config,
+            listen="127.0.0.1:0",
+            health_listen=health_listen,
+            interceptors=interceptors,
+            config_path=config_path,
         )
         self.client: GatewayClient
 

@@ -9,9 +9,12 @@ import shutil
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.sandbox import MosquittoProcess
+from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.harness import Stack, expected, wait_health
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
@@ -75,6 +78,26 @@ async def test_standard_health_follows_the_brokers(broker: MosquittoProcess) -> 
         assert json.loads(out)["status"] == "SERVING"
         d = await s.client.detect("ARO-001-after-restart")
         assert d.result == expected("roulette", "ARO-001-after-restart")
+
+
+async def test_probe_port_serves_health_alone(broker: MosquittoProcess) -> None:
+    """--health-listen: kubelet's port has readiness ("") and liveness, and no Detect."""
+    async with Stack([broker], "roulette", health_listen="127.0.0.1:0") as s:
+        probe = f"127.0.0.1:{s.sidecar.health_port}"
+        assert s.sidecar.health_port not in (0, s.sidecar.port)
+        async with asyncio.timeout(5):
+            await wait_health(probe, "SERVING")
+        await broker.kill()
+        async with asyncio.timeout(5):
+            await wait_health(probe, "NOT_SERVING")  # not ready: no broker
+        async with grpc.aio.insecure_channel(probe) as channel:
+            check = health_pb2_grpc.HealthStub(channel).Check
+            alive = await check(health_pb2.HealthCheckRequest(service="liveness"))
+            assert alive.status == health_pb2.HealthCheckResponse.SERVING  # but alive
+            detect = gateway_pb2_grpc.GatewayServiceStub(channel).Detect
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await detect(gateway_pb2.DetectRequest(round_id="ARO-001-probe"))
+            assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_cli_detect_and_health(broker: MosquittoProcess) -> None:

@@ -75,6 +75,9 @@ async def test_metrics_and_json_logs_after_each_outcome(
     assert total(samples["gateway_detect_duration_seconds_count"], outcome="ok") == 1
     assert total(samples["gateway_broker_up"], broker=f"127.0.0.1:{broker.port}") == 1
     assert "gateway_epoch" in samples
+    # No Redis configured and the broker ready: SERVING, not DEGRADED.
+    degraded = samples["gateway_degraded"].items()
+    assert [v for labels, v in degraded if ("table", "SBO-001") in labels] == [0.0]
     records = [json.loads(line) for line in logs.decode().splitlines() if line.startswith("{")]
     summaries = [r for r in records if r["message"].startswith("detect table=SBO-001")]
     assert len(summaries) == 3
