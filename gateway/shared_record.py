@@ -86,6 +86,23 @@ class Record:
                       str(d["reason"]))  # fmt: skip
 
 
+def parse_record(text: str | None) -> Record | None:
+    """The record from its JSON; None (and an error logged) if absent or malformed."""
+    if text is None:
+        return None
+    try:
+        return Record.from_json(text)
+    except (ValueError, KeyError, TypeError) as exc:
+        log.error("malformed shared record %r: %s; it will be re-created", text, exc)
+        return None
+
+
+async def read_record(client: redis.Redis, keys: Keys) -> Record | None:
+    """The group's current record (raises RedisError if the store does not answer)."""
+    text = await client.hget(keys.group_hash, RECORD_FIELD)
+    return parse_record(None if text is None else str(text))
+
+
 @dataclass(frozen=True)
 class View:
     """One sidecar's report: which brokers it sees up, since when (Unix time).
@@ -322,17 +339,10 @@ class SharedElector:
         return View(self._id, self._max_epoch, up, failures, self._seq)
 
     def _parse_record(self, text: str | None) -> Record | None:
-        if text is None:
-            return None
-        try:
-            return Record.from_json(text)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.error("malformed shared record %r: %s; it will be re-created", text, exc)
-            return None
+        return parse_record(text)
 
     async def _read_record(self) -> Record | None:
-        text = await self._client.hget(self.keys.group_hash, RECORD_FIELD)
-        return self._parse_record(None if text is None else str(text))
+        return await read_record(self._client, self.keys)
 
     def _live_views(self, fields: dict[str, str]) -> tuple[list[View], list[str]]:
         """The views whose ``seq`` moved within ``view_ttl_s``, and the dead fields."""

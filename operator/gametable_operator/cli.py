@@ -1,16 +1,19 @@
-"""``gateway-operator``: offline tools of the GameTable operator (no cluster access)."""
+"""``gateway-operator``: run the GameTable operator, or preview what it renders (offline)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from gametable_operator.render import InvalidGameTable, render_configmap
+from gametable_operator.settings import from_env
+from gateway.config import ConfigError
 
 # A file about to be applied has no uid yet; the API server assigns it.
 PLACEHOLDER_UID = "00000000-0000-0000-0000-000000000000"
@@ -39,8 +42,45 @@ def main(argv: Sequence[str] | None = None) -> int:
     render.add_argument(
         "--uid", help="the GameTable's uid for the ownerReference (default: the file's, else zeros)"
     )
+    commands.add_parser(
+        "run",
+        help="run the operator (kopf) with the settings from GATEWAY_OPERATOR_* variables",
+        description="Runs `kopf run --standalone -m gametable_operator.handlers` with the "
+        "namespaces and liveness endpoint of GATEWAY_OPERATOR_NAMESPACES and "
+        "GATEWAY_OPERATOR_LIVENESS; the other GATEWAY_OPERATOR_* variables are read by the "
+        "operator itself (operator/README.md).",
+    )
     args = parser.parse_args(argv)
+    if args.command == "run":
+        return _run()
     return _render(args.gametable, args.uid)
+
+
+def kopf_argv(env: Mapping[str, str]) -> list[str]:
+    """The ``kopf run`` arguments for the operator's settings (ConfigError if they are bad)."""
+    cfg = from_env(env)
+    argv = ["run", "--standalone", "--log-format", "json", "-m", "gametable_operator.handlers"]
+    argv += ["--liveness", cfg.liveness]
+    if cfg.log_level == "DEBUG":
+        argv.append("--verbose")
+    if cfg.namespaces:
+        for namespace in cfg.namespaces:
+            argv += ["--namespace", namespace]
+    else:
+        argv.append("--all-namespaces")
+    return argv
+
+
+def _run() -> int:
+    try:
+        argv = kopf_argv(os.environ)
+    except ConfigError as exc:
+        print(f"gateway-operator: bad settings: {exc}", file=sys.stderr)
+        return 2
+    from kopf.cli import main as kopf_main
+
+    kopf_main(args=argv, prog_name="gateway-operator")  # exits the process
+    return 0
 
 
 def _render(path: Path, uid: str | None) -> int:

@@ -23,9 +23,11 @@ VERSION = "v1alpha1"
 KIND = "GameTable"
 API_VERSION = f"{GROUP}/{VERSION}"
 CONFIG_KEY = "table.json"
-BROKERS_DIR = "/etc/gateway/brokers"
-TLS_DIR = "/etc/gateway/tls"
-REDIS_URL_FILE = "/etc/gateway/redis/url"
+SECRETS_DIR = "/etc/gateway/secrets"
+BROKERS_DIR = f"{SECRETS_DIR}/brokers"
+TLS_DIR = f"{SECRETS_DIR}/tls"
+REDIS_URL_FILE = f"{SECRETS_DIR}/redis/url"
+CONFIG_DIR = "/etc/gateway/config"
 
 # Field paths of the gateway's format, as the GameTable spells them (for error messages).
 _SPEC_PATHS = (

@@ -116,7 +116,7 @@ def test_sicbo_renders_a_loadable_configmap(tmp_path: Path) -> None:
         }
     ]
     doc = json.loads(configmap["data"]["table.json"])
-    assert doc["redis"]["url_file"] == "/etc/gateway/redis/url"
+    assert doc["redis"]["url_file"] == "/etc/gateway/secrets/redis/url"
     # The URL file exists only in the sidecar; point it at a stand-in to load the rest.
     url_file = tmp_path / "redis-url"
     url_file.write_text("redis://redis.studio-a:6379/0\n")
@@ -137,7 +137,7 @@ def test_sicbo_renders_a_loadable_configmap(tmp_path: Path) -> None:
         ("mqtt-b", 1883, 2),
     ]
     tls = config.broker("mqtt-a").tls
-    assert tls is not None and tls.ca_file == "/etc/gateway/tls/mqtt-a/ca.crt"
+    assert tls is not None and tls.ca_file == "/etc/gateway/secrets/tls/mqtt-a/ca.crt"
     assert tls.server_name == "mqtt-a.studio.internal"
 
 
@@ -163,7 +163,7 @@ def test_credentials_stay_out_of_the_configmap(name: str) -> None:
     configmap = render_configmap(_applied(name))
     doc = json.loads(configmap["data"]["table.json"])
     for broker in doc["brokers"]:
-        assert broker["credentials_dir"] == f"/etc/gateway/brokers/{broker['id']}"
+        assert broker["credentials_dir"] == f"/etc/gateway/secrets/brokers/{broker['id']}"
     text = json.dumps(configmap).lower()
     assert "password" not in text and "username" not in text
     assert "credentials-secret" not in text and "urlsecret" not in text

@@ -1,0 +1,165 @@
+"""A GameTable's status: what its sidecars report through Redis, turned into conditions.
+
+The sidecars' keys are read with the gateway's own readers (``gateway.stats.read_fleet``,
+``gateway.shared_record.read_record``), so the key layout is defined once.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from gateway.config import RedisConfig
+from gateway.errors import Unavailable
+from gateway.shared_record import read_record
+from gateway.stats import SidecarStats, read_fleet
+from gateway.store import Keys
+
+READY, RENDERED, DEGRADED = "Ready", "ConfigRendered", "Degraded"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What Redis says about one table; ``error`` set when it could not be read."""
+
+    active_broker: str = ""
+    epoch: int = 0
+    sidecars: tuple[SidecarStats, ...] = ()
+    error: str = ""
+    configured: bool = True  # False: the operator has no Redis to read
+
+    def applied(self, generation: int) -> int:
+        return sum(1 for s in self.sidecars if s.config_generation == generation)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """The outcome of rendering and applying the ConfigMap."""
+
+    ok: bool
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True", "False", "Unknown"
+    reason: str
+    message: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def observe(client: redis.Redis | None, gametable: Mapping[str, Any]) -> Observed:
+    """Read the group's record and the table's live sidecars; never raises for the store."""
+    if client is None:
+        return Observed(configured=False)
+    spec = gametable["spec"]
+    prefix = (spec.get("redis") or {}).get("keyPrefix") or RedisConfig().key_prefix
+    keys = Keys(prefix, spec["brokerGroup"]["name"])
+    try:
+        record = await read_record(client, keys)
+        fleet = await read_fleet(client, keys)
+    except (RedisError, Unavailable, OSError) as exc:
+        return Observed(error=f"cannot read Redis: {exc}")
+    mine = tuple(s for s in fleet if s.table_code == spec["tableCode"])
+    if record is None:
+        return Observed(sidecars=mine)
+    return Observed(active_broker=record.broker, epoch=record.epoch, sidecars=mine)
+
+
+def conditions(generation: int, rendered: Rendered, seen: Observed) -> list[Condition]:
+    """Ready, ConfigRendered and Degraded for one GameTable at one moment."""
+    config = Condition(RENDERED, str(rendered.ok), rendered.reason, rendered.message)
+    return [_ready(generation, rendered, seen), config, _degraded(seen)]
+
+
+def _ready(generation: int, rendered: Rendered, seen: Observed) -> Condition:
+    if not rendered.ok:
+        return Condition(READY, "False", rendered.reason, rendered.message)
+    if not seen.configured:
+        return Condition(READY, "Unknown", "NoStatusSource",
+                         "the operator has no Redis to read the sidecars' status from")  # fmt: skip
+    if seen.error:
+        return Condition(READY, "Unknown", "RedisUnavailable", seen.error)
+    live = len(seen.sidecars)
+    applied = seen.applied(generation)
+    if live == 0:
+        return Condition(READY, "False", "NoSidecars", "no sidecar of this table is reporting")
+    if applied < live:
+        return Condition(READY, "False", "Rolling",
+                         f"{applied} of {live} sidecars run generation {generation}")  # fmt: skip
+    if not seen.active_broker:
+        return Condition(READY, "False", "NoActiveBroker", "the broker group has no active broker")
+    return Condition(READY, "True", "SidecarsReady",
+                     f"{live} sidecar(s) on generation {generation}; active broker "
+                     f"{seen.active_broker} (epoch {seen.epoch})")  # fmt: skip
+
+
+def _degraded(seen: Observed) -> Condition:
+    if not seen.configured:
+        return Condition(DEGRADED, "Unknown", "NoStatusSource",
+                         "the operator has no Redis to read the sidecars' status from")  # fmt: skip
+    if seen.error:
+        return Condition(DEGRADED, "True", "RedisUnavailable", seen.error)
+    rejected = [s for s in seen.sidecars if s.config_error]
+    if rejected:
+        first = rejected[0]
+        return Condition(DEGRADED, "True", "ConfigRejected",
+                         f"{len(rejected)} sidecar(s) kept their last good config; "
+                         f"{first.instance_id}: {first.config_error}")  # fmt: skip
+    down = _brokers_down(seen.sidecars)
+    if down:
+        text = ", ".join(f"{b} (seen down by {n} of {len(seen.sidecars)})" for b, n in down)
+        return Condition(DEGRADED, "True", "BrokerDown", f"broker(s) down: {text}")
+    return Condition(DEGRADED, "False", "Healthy", "every sidecar sees every broker")
+
+
+def _brokers_down(sidecars: Sequence[SidecarStats]) -> list[tuple[str, int]]:
+    counts: dict[str, int] = {}
+    for s in sidecars:
+        for b in s.brokers:
+            if not b.connected:
+                counts[b.id] = counts.get(b.id, 0) + 1
+    return sorted(counts.items())
+
+
+def status_patch(
+    generation: int,
+    rendered: Rendered,
+    seen: Observed,
+    previous: Sequence[Mapping[str, Any]] | None,
+    now: datetime.datetime | None = None,
+) -> dict[str, Any]:
+    """The ``status`` to write: conditions keep their ``lastTransitionTime`` while unchanged."""
+    stamp = (now or datetime.datetime.now(tz=datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    before = {c.get("type"): c for c in previous or []}
+    out = []
+    for c in conditions(generation, rendered, seen):
+        old = before.get(c.type) or {}
+        since = old.get("lastTransitionTime") if old.get("status") == c.status else None
+        out.append({"type": c.type, "status": c.status, "reason": c.reason,
+                    "message": c.message, "lastTransitionTime": since or stamp})  # fmt: skip
+    status: dict[str, Any] = {"observedGeneration": generation, "conditions": out}
+    if seen.configured and not seen.error:
+        status.update(
+            activeBroker=seen.active_broker or None,
+            epoch=seen.epoch if seen.active_broker else None,
+            liveSidecars=len(seen.sidecars),
+            appliedSidecars=seen.applied(generation),
+        )
+    return status
+
+
+def rendered_from_status(status: Mapping[str, Any] | None) -> Rendered | None:
+    """The ConfigRendered outcome a previous reconcile wrote, if any."""
+    for c in (status or {}).get("conditions") or []:
+        if c.get("type") == RENDERED:
+            return Rendered(c.get("status") == "True", str(c.get("reason", "")),
+                            str(c.get("message", "")))  # fmt: skip
+    return None
