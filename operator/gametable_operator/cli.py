@@ -13,6 +13,7 @@ import yaml
 
 from gametable_operator.render import InvalidGameTable, render_configmap
 from gametable_operator.settings import from_env
+from gametable_operator.webhook import inject
 from gateway.config import ConfigError
 
 # A file about to be applied has no uid yet; the API server assigns it.
@@ -42,6 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     render.add_argument(
         "--uid", help="the GameTable's uid for the ownerReference (default: the file's, else zeros)"
     )
+    sidecar = commands.add_parser(
+        "sidecar",
+        help="print the pod spec fragment the webhook would add (for clusters without it)",
+        description="Prints, as YAML, the initContainers and volumes the admission webhook "
+        "adds to a pod of this GameTable, with the sidecar defaults of "
+        "GATEWAY_OPERATOR_SIDECAR. Merge it into the pod template by hand where the "
+        "webhook is not installed.",
+    )
+    sidecar.add_argument("gametable", metavar="GAMETABLE.yaml", type=Path)
     commands.add_parser(
         "run",
         help="run the operator (kopf) with the settings from GATEWAY_OPERATOR_* variables",
@@ -53,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return _run()
+    if args.command == "sidecar":
+        return _sidecar(args.gametable)
     return _render(args.gametable, args.uid)
 
 
@@ -83,15 +95,44 @@ def _run() -> int:
     return 0
 
 
-def _render(path: Path, uid: str | None) -> int:
+def _load(path: Path) -> dict[str, Any] | str:
+    """The GameTable in a file, or what is wrong with the file."""
     try:
         gametable: Any = yaml.safe_load(path.read_text())
     except OSError as exc:
-        return _fail(f"{path}: cannot read: {exc.strerror or exc}")
+        return f"{path}: cannot read: {exc.strerror or exc}"
     except yaml.YAMLError as exc:
-        return _fail(f"{path}: not valid YAML: {exc}")
+        return f"{path}: not valid YAML: {exc}"
     if not isinstance(gametable, dict) or gametable.get("kind") != "GameTable":
-        return _fail(f"{path}: not a GameTable (kind: GameTable expected)")
+        return f"{path}: not a GameTable (kind: GameTable expected)"
+    return gametable
+
+
+def _sidecar(path: Path) -> int:
+    gametable = _load(path)
+    if isinstance(gametable, str):
+        return _fail(gametable)
+    try:
+        defaults = from_env(os.environ).sidecar
+    except ConfigError as exc:
+        print(f"gateway-operator: bad settings: {exc}", file=sys.stderr)
+        return 2
+    try:
+        render_configmap({**gametable, "metadata": {**gametable["metadata"], "uid": "-"}})
+    except (InvalidGameTable, TypeError, KeyError) as exc:
+        return _fail(f"{path}: {exc}")
+    pod = inject({"spec": {"containers": []}}, gametable, defaults)
+    fragment = {"spec": {"initContainers": pod["spec"]["initContainers"],
+                         "volumes": pod["spec"]["volumes"]}}  # fmt: skip
+    sys.stdout.write(yaml.dump(fragment, Dumper=_Dumper, sort_keys=False))
+    return 0
+
+
+def _render(path: Path, uid: str | None) -> int:
+    loaded = _load(path)
+    if isinstance(loaded, str):
+        return _fail(loaded)
+    gametable = loaded
     meta = gametable.setdefault("metadata", {})
     if isinstance(meta, dict) and (uid or not meta.get("uid")):
         if not uid:

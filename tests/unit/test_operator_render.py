@@ -10,13 +10,15 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from gametable_operator import cli
 from gametable_operator.render import (
     InvalidGameTable,
     render_config,
     render_configmap,
 )
-
+from gametable_operator.settings import SidecarDefaults
+from gametable_operator.webhook import inject
 from gateway.config import load_config
 
 ROOT = Path(__file__).parents[2]
@@ -238,3 +240,33 @@ def test_cli_rejects_an_invalid_gametable(
     assert cli.main(["render", str(path)]) == 2
     err = capsys.readouterr().err
     assert str(path) in err and "spec.shaker" in err
+
+
+def test_cli_prints_the_sidecar_fragment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gateway-operator sidecar` prints what the webhook adds, with the configured defaults."""
+    monkeypatch.setenv("GATEWAY_OPERATOR_SIDECAR", '{"image": "r.example/gw:1", "metricsPort": 0}')
+    assert cli.main(["sidecar", str(ROOT / "examples" / "gametable-sicbo.yaml")]) == 0
+    fragment = yaml.safe_load(capsys.readouterr().out)
+    defaults = SidecarDefaults(image="r.example/gw:1", metrics_port=0)
+    pod = inject({"spec": {"containers": []}}, _example("sicbo"), defaults)
+    assert fragment == {
+        "spec": {"initContainers": pod["spec"]["initContainers"], "volumes": pod["spec"]["volumes"]}
+    }
+    assert fragment["spec"]["initContainers"][0]["image"] == "r.example/gw:1"
+
+
+def test_cli_sidecar_names_bad_settings_and_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bad sidecar defaults or a file that is not a GameTable: exit 2, the problem named."""
+    example = str(ROOT / "examples" / "gametable-sicbo.yaml")
+    monkeypatch.setenv("GATEWAY_OPERATOR_SIDECAR", '{"image": "x", "metricsPort": "nine"}')
+    assert cli.main(["sidecar", example]) == 2
+    assert "GATEWAY_OPERATOR_SIDECAR.metricsPort" in capsys.readouterr().err
+    monkeypatch.delenv("GATEWAY_OPERATOR_SIDECAR")
+    path = tmp_path / "cm.yaml"
+    path.write_text("kind: ConfigMap\n")
+    assert cli.main(["sidecar", str(path)]) == 2
+    assert "not a GameTable" in capsys.readouterr().err
