@@ -92,7 +92,11 @@ def parse_sidecar(text: str, where: str = f"{ENV_PREFIX}SIDECAR") -> SidecarDefa
         elif key == "metricsPort":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
                 raise ConfigError(f"{where}.metricsPort: must be 0 (off) or a port, got {value!r}")
-        elif key == "tracesSamplerArg" and isinstance(value, int | float):
+        elif (
+            key == "tracesSamplerArg"
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        ):
             value = str(value)
         elif not isinstance(value, str):
             raise ConfigError(f"{where}.{key}: must be a string, got {value!r}")

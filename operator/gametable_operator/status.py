@@ -153,6 +153,8 @@ def status_patch(
             liveSidecars=len(seen.sidecars),
             appliedSidecars=seen.applied(generation),
         )
+    else:  # unknown now: clear what the last good read left (None deletes in a merge patch)
+        status.update(activeBroker=None, epoch=None, liveSidecars=None, appliedSidecars=None)
     return status
 
 

@@ -43,7 +43,8 @@ class CannotInject(ValueError):
 
 def already_has_sidecar(pod: Mapping[str, Any]) -> bool:
     spec = pod.get("spec") or {}
-    names = [c.get("name") for c in (spec.get("initContainers") or []) + spec.get("containers", [])]
+    containers = (spec.get("initContainers") or []) + (spec.get("containers") or [])
+    names = [c.get("name") for c in containers]
     return CONTAINER in names
 
 
@@ -63,7 +64,8 @@ def inject(
         raise CannotInject(f"pod already has volume(s) named {', '.join(sorted(clash))}")
     spec["volumes"] = list(spec.get("volumes") or []) + volumes(gametable)
     for container in spec.get("containers") or []:
-        env = container.setdefault("env", [])
+        env = container.get("env") or []
+        container["env"] = env
         if not any(e.get("name") == "GATEWAY_TARGET" for e in env):
             env.append({"name": "GATEWAY_TARGET", "value": DETECT_ADDRESS})
     meta = out.setdefault("metadata", {})

@@ -1,0 +1,267 @@
+"""Unit tests of the GameTable operator's status: conditions from what the sidecars report."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from gametable_operator import status
+from gametable_operator.status import Condition, Observed, Rendered
+from gateway.stats import BrokerStat, SidecarStats
+
+ROOT = Path(__file__).parents[2]
+CRD = yaml.safe_load((ROOT / "operator" / "gametable_operator" / "crd.yaml").read_text())
+STATUS_SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+
+GENERATION = 5
+RENDERED = Rendered(True, "Rendered", "ConfigMap sbo-001-gateway holds generation 5")
+INVALID = Rendered(False, "InvalidSpec", "GameTable studio-a/sbo-001: spec.shaker: only for sicbo")
+T0 = datetime.datetime(2025, 3, 1, 12, 0, 0, tzinfo=datetime.UTC)
+T1 = T0 + datetime.timedelta(minutes=5)
+
+
+def _broker(broker_id: str, connected: bool = True) -> BrokerStat:
+    return BrokerStat(
+        id=broker_id,
+        connected=connected,
+        connects=1,
+        disconnects=0 if connected else 1,
+        publishes_ok=10,
+        publishes_failed=0,
+        probe_rtt_ms=1.5,
+        last_error="" if connected else "connection refused",
+    )
+
+
+def _sidecar(
+    instance: str,
+    generation: int = GENERATION,
+    *,
+    down: tuple[str, ...] = (),
+    config_error: str = "",
+) -> SidecarStats:
+    return SidecarStats(
+        instance_id=instance,
+        table_code="SBO-001",
+        updated_unix=1_740_830_400.0,
+        active_broker_id="mqtt-a",
+        epoch=7,
+        config_generation=generation,
+        brokers=tuple(_broker(b, b not in down) for b in ("mqtt-a", "mqtt-b")),
+        config_error=config_error,
+    )
+
+
+def _by_type(conditions: list[Condition]) -> dict[str, Condition]:
+    return {c.type: c for c in conditions}
+
+
+def _ready(seen: Observed, rendered: Rendered = RENDERED) -> Condition:
+    return _by_type(status.conditions(GENERATION, rendered, seen))["Ready"]
+
+
+def _degraded(seen: Observed) -> Condition:
+    return _by_type(status.conditions(GENERATION, RENDERED, seen))["Degraded"]
+
+
+HEALTHY = Observed(
+    active_broker="mqtt-a",
+    epoch=7,
+    sidecars=(_sidecar("SBO-001-aaaa0001"), _sidecar("SBO-001-aaaa0002")),
+)
+
+
+def test_conditions_are_ready_rendered_degraded() -> None:
+    """Every reconcile reports the same three condition types, in order."""
+    types = [c.type for c in status.conditions(GENERATION, RENDERED, HEALTHY)]
+    assert types == ["Ready", "ConfigRendered", "Degraded"]
+
+
+def test_invalid_spec_is_not_ready_with_the_render_reason() -> None:
+    """A spec that does not render makes Ready and ConfigRendered False with its reason."""
+    by_type = _by_type(status.conditions(GENERATION, INVALID, HEALTHY))
+    for kind in ("Ready", "ConfigRendered"):
+        assert (by_type[kind].status, by_type[kind].reason) == ("False", "InvalidSpec")
+        assert by_type[kind].message == INVALID.message
+
+
+def test_rendered_config_is_reported() -> None:
+    """A rendered ConfigMap makes ConfigRendered True with its message."""
+    rendered = _by_type(status.conditions(GENERATION, RENDERED, HEALTHY))["ConfigRendered"]
+    assert (rendered.status, rendered.reason, rendered.message) == (
+        "True",
+        "Rendered",
+        RENDERED.message,
+    )
+
+
+def test_without_redis_status_is_unknown_and_clears_live_fields() -> None:
+    """No Redis configured: Ready and Degraded Unknown (NoStatusSource), live fields cleared."""
+    seen = Observed(configured=False)
+    assert (_ready(seen).status, _ready(seen).reason) == ("Unknown", "NoStatusSource")
+    assert (_degraded(seen).status, _degraded(seen).reason) == ("Unknown", "NoStatusSource")
+    patch = status.status_patch(GENERATION, RENDERED, seen, None, now=T0)
+    live = ("activeBroker", "epoch", "liveSidecars", "appliedSidecars")
+    # None deletes in a merge patch: no stale broker or epoch survives in the status.
+    assert {k: patch[k] for k in live} == dict.fromkeys(live)
+    assert patch["observedGeneration"] == GENERATION
+
+
+async def test_observe_without_a_client_is_unconfigured() -> None:
+    """Without a Redis client, observing reports 'not configured' instead of failing."""
+    assert await status.observe(None, {"spec": {}}) == Observed(configured=False)
+
+
+def test_redis_error_is_unknown_and_degraded() -> None:
+    """An unreadable Redis: Ready Unknown and Degraded True, both RedisUnavailable."""
+    seen = Observed(error="cannot read Redis: Connection refused")
+    ready, degraded = _ready(seen), _degraded(seen)
+    assert (ready.status, ready.reason) == ("Unknown", "RedisUnavailable")
+    assert (degraded.status, degraded.reason) == ("True", "RedisUnavailable")
+    assert "Connection refused" in ready.message and "Connection refused" in degraded.message
+    patch = status.status_patch(GENERATION, RENDERED, seen, None, now=T0)
+    assert patch["activeBroker"] is None and patch["liveSidecars"] is None
+
+
+def test_no_sidecars_is_not_ready() -> None:
+    """An elected broker but no reporting sidecar is Ready False NoSidecars."""
+    seen = Observed(active_broker="mqtt-a", epoch=7)
+    assert (_ready(seen).status, _ready(seen).reason) == ("False", "NoSidecars")
+    patch = status.status_patch(GENERATION, RENDERED, seen, None, now=T0)
+    assert (patch["liveSidecars"], patch["appliedSidecars"]) == (0, 0)
+
+
+def test_half_rolled_out_is_rolling() -> None:
+    """One of two sidecars on the current generation is Ready False Rolling, '1 of 2'."""
+    seen = Observed(
+        active_broker="mqtt-a",
+        epoch=7,
+        sidecars=(_sidecar("SBO-001-new00001"), _sidecar("SBO-001-old00001", GENERATION - 1)),
+    )
+    ready = _ready(seen)
+    assert (ready.status, ready.reason) == ("False", "Rolling")
+    assert "1 of 2" in ready.message and f"generation {GENERATION}" in ready.message
+    patch = status.status_patch(GENERATION, RENDERED, seen, None, now=T0)
+    assert (patch["liveSidecars"], patch["appliedSidecars"]) == (2, 1)
+
+
+def test_no_active_broker_is_not_ready() -> None:
+    """Sidecars on the generation without an elected broker are Ready False NoActiveBroker."""
+    seen = Observed(sidecars=HEALTHY.sidecars)
+    assert (_ready(seen).status, _ready(seen).reason) == ("False", "NoActiveBroker")
+    patch = status.status_patch(GENERATION, RENDERED, seen, None, now=T0)
+    assert patch["activeBroker"] is None and patch["epoch"] is None
+    assert patch["liveSidecars"] == 2
+
+
+def test_all_good_is_ready() -> None:
+    """All sidecars on the generation with an active broker: Ready True, live fields set."""
+    ready = _ready(HEALTHY)
+    assert (ready.status, ready.reason) == ("True", "SidecarsReady")
+    assert "mqtt-a" in ready.message and "epoch 7" in ready.message
+    patch = status.status_patch(GENERATION, RENDERED, HEALTHY, None, now=T0)
+    assert patch["observedGeneration"] == GENERATION
+    assert patch["activeBroker"] == "mqtt-a" and patch["epoch"] == 7
+    assert (patch["liveSidecars"], patch["appliedSidecars"]) == (2, 2)
+    degraded = _degraded(HEALTHY)
+    assert (degraded.status, degraded.reason) == ("False", "Healthy")
+
+
+def test_rejected_config_is_degraded_naming_the_sidecar() -> None:
+    """A sidecar that kept its last good config makes Degraded ConfigRejected, naming it."""
+    seen = Observed(
+        active_broker="mqtt-a",
+        epoch=7,
+        sidecars=(
+            _sidecar("SBO-001-aaaa0001"),
+            _sidecar("SBO-001-bbbb0002", GENERATION - 1, config_error="brokers[0].port: too big"),
+        ),
+    )
+    degraded = _degraded(seen)
+    assert (degraded.status, degraded.reason) == ("True", "ConfigRejected")
+    assert "SBO-001-bbbb0002" in degraded.message and "brokers[0].port: too big" in degraded.message
+
+
+def test_disconnected_broker_is_degraded_with_counts() -> None:
+    """A broker some sidecars cannot reach makes Degraded BrokerDown, naming it and counting."""
+    seen = Observed(
+        active_broker="mqtt-a",
+        epoch=7,
+        sidecars=(
+            _sidecar("SBO-001-aaaa0001", down=("mqtt-b",)),
+            _sidecar("SBO-001-aaaa0002", down=("mqtt-b",)),
+            _sidecar("SBO-001-aaaa0003"),
+        ),
+    )
+    degraded = _degraded(seen)
+    assert (degraded.status, degraded.reason) == ("True", "BrokerDown")
+    assert "mqtt-b (seen down by 2 of 3)" in degraded.message
+    assert "mqtt-a" not in degraded.message
+    # A standby broker being down does not stop the table from serving.
+    assert _ready(seen).status == "True"
+
+
+def test_first_status_stamps_every_condition_now() -> None:
+    """Without previous conditions every lastTransitionTime is the given time."""
+    patch = status.status_patch(GENERATION, RENDERED, HEALTHY, None, now=T0)
+    assert [c["lastTransitionTime"] for c in patch["conditions"]] == ["2025-03-01T12:00:00Z"] * 3
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    """A later reconcile with the same statuses keeps the earlier transition times."""
+    first = status.status_patch(GENERATION, RENDERED, HEALTHY, None, now=T0)
+    later = status.status_patch(GENERATION, RENDERED, HEALTHY, first["conditions"], now=T1)
+    assert later["conditions"] == first["conditions"]
+
+
+def test_transition_time_moves_when_status_changes() -> None:
+    """Only the conditions whose status changed get the new transition time."""
+    first = status.status_patch(GENERATION, RENDERED, HEALTHY, None, now=T0)
+    rolling = Observed(
+        active_broker="mqtt-a",
+        epoch=7,
+        sidecars=(*HEALTHY.sidecars, _sidecar("SBO-001-cccc0003", GENERATION - 1)),
+    )
+    later = status.status_patch(GENERATION, RENDERED, rolling, first["conditions"], now=T1)
+    times = {c["type"]: c["lastTransitionTime"] for c in later["conditions"]}
+    assert times == {
+        "Ready": "2025-03-01T12:05:00Z",
+        "ConfigRendered": "2025-03-01T12:00:00Z",
+        "Degraded": "2025-03-01T12:00:00Z",
+    }
+    ready = next(c for c in later["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "Rolling")
+
+
+@pytest.mark.parametrize("seen", [HEALTHY, Observed(configured=False), Observed(error="down")])
+def test_status_patch_fits_the_crd_status_schema(seen: Observed) -> None:
+    """The patch, with nulls dropped as a merge patch does, fits the CRD's status schema."""
+    patch = status.status_patch(GENERATION, RENDERED, seen, None, now=T0)
+    stored = {k: v for k, v in patch.items() if v is not None}
+    jsonschema.validate(stored, STATUS_SCHEMA)
+    for condition in stored["conditions"]:
+        # jsonschema does not check date-time without an extra package; RFC 3339 in UTC.
+        stamp = condition["lastTransitionTime"]
+        assert stamp.endswith("Z")
+        assert datetime.datetime.fromisoformat(stamp) == T0
+
+
+@pytest.mark.parametrize("rendered", [RENDERED, INVALID], ids=["rendered", "invalid"])
+def test_rendered_from_status_round_trip(rendered: Rendered) -> None:
+    """The ConfigRendered outcome written to status reads back as the same Rendered."""
+    patch = status.status_patch(GENERATION, rendered, HEALTHY, None, now=T0)
+    assert status.rendered_from_status(patch) == rendered
+
+
+@pytest.mark.parametrize(
+    "previous",
+    [None, {}, {"conditions": None}, {"conditions": [{"type": "Ready", "status": "True"}]}],
+)
+def test_rendered_from_status_without_a_record(previous: dict[str, Any] | None) -> None:
+    """A status without a ConfigRendered condition yields no previous outcome."""
+    assert status.rendered_from_status(previous) is None
