@@ -2,7 +2,7 @@
 VENV ?= .venv
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench image clean
 
 demo: $(STAMP)
 	$(VENV)/bin/gateway demo
@@ -14,6 +14,9 @@ bench: $(STAMP)
 	$(VENV)/bin/python bench/detect_overhead.py
 	$(VENV)/bin/python bench/failover.py
 	$(VENV)/bin/python bench/election.py
+
+image:
+	scripts/build-image
 
 $(STAMP): pyproject.toml scripts/bootstrap
 	VENV=$(VENV) scripts/bootstrap
