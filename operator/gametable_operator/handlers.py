@@ -79,6 +79,10 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     )
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.posting.level = logging.WARNING  # events for problems, not for every success
+    if cfg.namespaces:
+        # Serve exactly the listed namespaces; listing them would need a cluster-wide grant,
+        # and kopf retries a refused list with backoff (over a minute) before going on.
+        settings.scanning.disabled = True
     tls = cfg.webhook_tls_dir
     settings.admission.managed = None  # the Helm chart owns the MutatingWebhookConfiguration
     settings.admission.server = WebhookServer(

@@ -109,9 +109,13 @@ async def kube_api(workdir: Path) -> AsyncIterator[Cluster]:
 
 @contextlib.asynccontextmanager
 async def operator(
-    workdir: Path, cluster: Cluster, redis_url: str | None, **env: str
+    workdir: Path, cluster: Cluster, redis_url: str | None, *, cli: bool = False, **env: str
 ) -> AsyncIterator[Operator]:
-    """The real operator (``kopf run``) against the emulator; yields once it is alive."""
+    """The real operator against the emulator; yields once it is alive.
+
+    ``kopf run`` cluster-wide, or with ``cli`` the product's ``gateway-operator run``, which
+    takes its namespaces and liveness endpoint from GATEWAY_OPERATOR_* variables.
+    """
     kubeconfig = workdir / "kubeconfig"
     kubeconfig.write_text(
         json.dumps(
@@ -132,6 +136,7 @@ async def operator(
         "GATEWAY_OPERATOR_WEBHOOK_PORT": op.webhook_url.rsplit(":", 1)[1],
         "GATEWAY_OPERATOR_STATUS_INTERVAL_S": "1",
         "GATEWAY_OPERATOR_SIDECAR": json.dumps(SIDECAR),
+        "GATEWAY_OPERATOR_LIVENESS": op.liveness_url,
         **({"GATEWAY_OPERATOR_REDIS_URL": redis_url} if redis_url else {}),
         **env,
     }
@@ -139,6 +144,8 @@ async def operator(
         sys.executable, "-m", "kopf", "run", "--standalone", "--all-namespaces",
         "-m", "gametable_operator.handlers", "--liveness", op.liveness_url,
     ]  # fmt: skip
+    if cli:
+        argv = [sys.executable, "-m", "gametable_operator.cli", "run"]
     op.proc = await _started(argv, op.log, environ)
     try:
         await _until_http(op.liveness_url, op.proc, op.log)

@@ -33,6 +33,14 @@ _versions = itertools.count(1)
 
 
 class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            # As the Helm chart's RBAC has it: the operator may not list namespaces.
+            status = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                      "reason": "Forbidden", "message": "namespaces is forbidden"}  # fmt: skip
+            return aiohttp.web.json_response(status, status=403)
+        return await super().__call__(raw_request)  # type: ignore[no-any-return]
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         try:
             self._bookkeeping(request)

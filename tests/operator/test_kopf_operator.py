@@ -367,3 +367,26 @@ async def test_webhook_injects_the_native_sidecar(cluster: Cluster, op: Operator
 
     other_namespace = await admit(cluster, op, labelled, "t-elsewhere")
     assert other_namespace["allowed"] is False  # GameTables are looked up in the pod's namespace
+
+
+async def test_namespaced_operator_from_the_cli(redis_server: RedisProcess, tmp_path: Path) -> None:
+    """`gateway-operator run` watching one namespace, not allowed to list namespaces (RBAC)."""
+    async with (
+        kube_api(tmp_path) as cluster,
+        operator(
+            tmp_path, cluster, redis_server.url, cli=True, GATEWAY_OPERATOR_NAMESPACES="t-mine"
+        ) as op,
+    ):
+        await cluster.create_gametable("t-other", gametable("aro-006", "ARO-006"))
+        await cluster.create_gametable("t-mine", gametable("aro-005", "ARO-005"))
+
+        async def rendered() -> bool:
+            return await cluster.configmap("t-mine", "aro-005-gateway") is not None
+
+        await eventually(rendered, 10, "the watched namespace's GameTable is reconciled")
+        await asyncio.sleep(1.5)  # a status timer period
+        other = await cluster.gametable("t-other", "aro-006")
+        assert other is not None and "status" not in other  # never touched
+        assert await cluster.configmap("t-other", "aro-006-gateway") is None
+        assert not op.lines("/api/v1/namespaces")  # never asked: no grant needed, no backoff
+        assert op.lines('"message"')  # `gateway-operator run` logs JSON
