@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.sandbox import MosquittoProcess
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.integration.harness import Stack, expected, wait_health
+from tests.integration.harness import Stack, expected, until, wait_health
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
@@ -76,6 +76,8 @@ async def test_standard_health_follows_the_brokers(broker: MosquittoProcess) -> 
             await wait_health(addr, "SERVING")
         _, out, _ = await run(GRPCURL, "-plaintext", addr, "grpc.health.v1.Health/Check")
         assert json.loads(out)["status"] == "SERVING"
+        # The simulated IDP reconnects on its own backoff, maybe after the sidecar did.
+        await until(lambda: "b1" in s.sim.connected, 5, "the simulated IDP is back on b1")
         d = await s.client.detect("ARO-001-after-restart")
         assert d.result == expected("roulette", "ARO-001-after-restart")
 
