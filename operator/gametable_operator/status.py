@@ -156,12 +156,3 @@ def status_patch(
     else:  # unknown now: clear what the last good read left (None deletes in a merge patch)
         status.update(activeBroker=None, epoch=None, liveSidecars=None, appliedSidecars=None)
     return status
-
-
-def rendered_from_status(status: Mapping[str, Any] | None) -> Rendered | None:
-    """The ConfigRendered outcome a previous reconcile wrote, if any."""
-    for c in (status or {}).get("conditions") or []:
-        if c.get("type") == RENDERED:
-            return Rendered(c.get("status") == "True", str(c.get("reason", "")),
-                            str(c.get("message", "")))  # fmt: skip
-    return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import pytest
@@ -249,19 +248,3 @@ def test_status_patch_fits_the_crd_status_schema(seen: Observed) -> None:
         stamp = condition["lastTransitionTime"]
         assert stamp.endswith("Z")
         assert datetime.datetime.fromisoformat(stamp) == T0
-
-
-@pytest.mark.parametrize("rendered", [RENDERED, INVALID], ids=["rendered", "invalid"])
-def test_rendered_from_status_round_trip(rendered: Rendered) -> None:
-    """The ConfigRendered outcome written to status reads back as the same Rendered."""
-    patch = status.status_patch(GENERATION, rendered, HEALTHY, None, now=T0)
-    assert status.rendered_from_status(patch) == rendered
-
-
-@pytest.mark.parametrize(
-    "previous",
-    [None, {}, {"conditions": None}, {"conditions": [{"type": "Ready", "status": "True"}]}],
-)
-def test_rendered_from_status_without_a_record(previous: dict[str, Any] | None) -> None:
-    """A status without a ConfigRendered condition yields no previous outcome."""
-    assert status.rendered_from_status(previous) is None
