@@ -1,25 +1,93 @@
-"""An async client for game code: ``GatewayClient(target)`` with ``detect`` and ``health``.
+"""The SDK game code uses to call its sidecar: ``GatewayClient`` (async) and ``SyncGatewayClient``.
 
-Results come back typed per game (``SicBoDice``, ``RouletteNumber``, ``BaccaratHand``);
-failures raise ``grpc.aio.AioRpcError`` with the sidecar's status and details (the IDP
-error code is in the trailing metadata ``idp-err``).
+A game calls ``detect(round_id)`` once per round and gets the IDP's validated result for
+exactly that round, typed per game (``SicBoDice``, ``BaccaratHand``, ``RouletteNumber``
+inside a ``Detection``), or one of the exceptions below. Every call has a deadline (per
+call, defaulting to the client's), and the channel retries UNAVAILABLE, with capped
+exponential backoff and jitter, through gRPC's own retry support (``RetryPolicy``: always
+for Health and readiness, for Detect on request).
+
+Failures raise a ``GatewayError`` subclass chosen by the gRPC status. Each is also a
+``grpc.aio.AioRpcError`` (``.code()``, ``.details()``, ``.trailing_metadata()``), so code
+written against the raw gRPC error keeps working::
+
+    GatewayError              any other status (e.g. INTERNAL, UNIMPLEMENTED)
+    ├── InvalidRound          INVALID_ARGUMENT     bad round id or stream URL: fix the call
+    ├── GatewayUnavailable    UNAVAILABLE          no broker / no sidecar, after retries
+    │   └── NotReady                               ``wait_ready`` ran out of time
+    ├── DetectTimeout         DEADLINE_EXCEEDED    no valid result for the round in time
+    ├── IdpError              FAILED_PRECONDITION  the IDP reported an error (``.idp_code``)
+    └── RoundSuperseded       ABORTED              a newer round on the table replaced this one
+
+These mirror the sidecar's own tree in ``gateway.errors`` as seen from the caller's side
+of the wire.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import threading
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any, Final, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gateway.protocol import BaccaratHand, Result, RouletteNumber, SicBoDice
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
 
+__all__ = [
+    "BaccaratHand",
+    "DetectTimeout",
+    "Detection",
+    "GatewayClient",
+    "GatewayError",
+    "GatewayUnavailable",
+    "IdpError",
+    "InvalidRound",
+    "NotReady",
+    "Result",
+    "RetryPolicy",
+    "RouletteNumber",
+    "RoundSuperseded",
+    "SicBoDice",
+    "SyncGatewayClient",
+    "error_from_rpc",
+    "result_from_proto",
+]
+
+T = TypeVar("T")
+
+DEFAULT_DEADLINE_S: Final = 30.0
+"""Default deadline of every call. Keep it at least the table's ``timeout_s``: a shorter
+gRPC deadline is what the sidecar waits for instead."""
+
+
+class _FromClient:
+    """Marker for "use the client's default deadline" (``None`` means no deadline)."""
+
+    def __repr__(self) -> str:
+        return "FROM_CLIENT"
+
+
+FROM_CLIENT: Final = _FromClient()
+Deadline = float | None | _FromClient
+
+# --- results -------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Detection:
-    """The IDP's result for one round, as the sidecar returned it."""
+    """The IDP's result for one round, as the sidecar returned it.
+
+    ``result`` is ``SicBoDice`` (three dice 1..6), ``BaccaratHand`` (six cards, player1,
+    banker1, player2, banker2, player3, banker3; "" for a card not dealt) or
+    ``RouletteNumber`` (0..36), by the table's game.
+    """
 
     round_id: str
     result: Result
@@ -44,13 +112,189 @@ def result_from_proto(response: pb.DetectResponse) -> Result:
     raise ValueError(f"DetectResponse for round {response.round_id} carries no result")
 
 
-class GatewayClient:
-    """A connection to one sidecar (usually ``127.0.0.1:50051``)."""
+# --- errors --------------------------------------------------------------------------
 
-    def __init__(self, target: str) -> None:
+
+class GatewayError(grpc.aio.AioRpcError):
+    """A call to the sidecar failed; ``code()`` and ``details()`` say how."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        details: str | None,
+        *,
+        target: str = "",
+        trailing_metadata: Any = None,
+        initial_metadata: Any = None,
+        debug_error_string: str | None = None,
+    ) -> None:
+        super().__init__(
+            code,
+            initial_metadata,
+            trailing_metadata,
+            details=details,
+            debug_error_string=debug_error_string,
+        )
         self.target = target
-        self._channel = grpc.aio.insecure_channel(target)
+        self.metadata = dict(_pairs(trailing_metadata))
+
+    def __str__(self) -> str:
+        details = self.details() or ""
+        where = f" (sidecar {self.target})" if self.target and self.target not in details else ""
+        return f"{self.code().name}{where}: {details}"
+
+
+class InvalidRound(GatewayError):
+    """The request can never succeed as it is (bad round id or stream URL)."""
+
+
+class GatewayUnavailable(GatewayError):
+    """No broker could carry the command, or the sidecar is not reachable; retry later."""
+
+
+class NotReady(GatewayUnavailable):
+    """The sidecar did not report SERVING before ``wait_ready``'s deadline."""
+
+
+class DetectTimeout(GatewayError):
+    """The IDP sent no valid result for the round in time (the details say what was seen)."""
+
+
+class IdpError(GatewayError):
+    """The IDP reported an error for the round.
+
+    ``idp_code`` is the code from the ``idp-err`` trailing metadata (e.g. ``"-3"``) and
+    ``idp_name`` its name from ``idp-err-name`` (e.g. ``"NO_SHAKE"``); "" if absent.
+    """
+
+    @property
+    def idp_code(self) -> str:
+        return self.metadata.get("idp-err", "")
+
+    @property
+    def idp_name(self) -> str:
+        return self.metadata.get("idp-err-name", "")
+
+
+class RoundSuperseded(GatewayError):
+    """A Detect for a newer round on the same table replaced this one."""
+
+
+_BY_STATUS: Final[dict[grpc.StatusCode, type[GatewayError]]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRound,
+    grpc.StatusCode.UNAVAILABLE: GatewayUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DetectTimeout,
+    grpc.StatusCode.FAILED_PRECONDITION: IdpError,
+    grpc.StatusCode.ABORTED: RoundSuperseded,
+}
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError, target: str = "") -> GatewayError:
+    """The ``GatewayError`` subclass for a failed call's status, keeping all its details."""
+    if isinstance(exc, GatewayError):
+        return exc
+    cls = _BY_STATUS.get(exc.code(), GatewayError)
+    return cls(
+        exc.code(),
+        exc.details(),
+        target=target,
+        trailing_metadata=exc.trailing_metadata(),
+        initial_metadata=exc.initial_metadata(),
+        debug_error_string=exc.debug_error_string(),
+    )
+
+
+def _pairs(metadata: Any) -> list[tuple[str, str]]:
+    """(key, value) pairs of gRPC metadata (aio yields plain tuples at run time)."""
+    return [(str(k), str(v)) for k, v in (metadata or ())]
+
+
+# --- retries -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the channel retries a call that failed with UNAVAILABLE.
+
+    gRPC applies it inside the call's deadline, with jitter (each backoff is random in
+    [0, current backoff]). Only UNAVAILABLE is retried; DEADLINE_EXCEEDED never is (the
+    deadline is the caller's budget, and the IDP may still be working on the round).
+
+    Health, GetStats and ``grpc.health.v1.Health`` are always covered. Detect is covered
+    with ``retry_detect``: off by default because the sidecar already tries the table's
+    ``retry_count`` publishes before it answers UNAVAILABLE, and counts every Detect that
+    ends so (``detects_unavailable``); a client retry multiplies both. Turn it on to ride
+    out a sidecar that is restarting or not yet listening.
+    """
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 1.0
+    backoff_multiplier: float = 2.0
+    retry_detect: bool = False
+
+    def service_config(self) -> str:
+        """The ``grpc.service_config`` JSON applying this policy.
+
+        Retrying Detect on UNAVAILABLE is safe: the sidecar answers UNAVAILABLE only with
+        ``NoBrokerAvailable`` (``gateway.errors``), raised once no broker acknowledged the
+        detect command after the table's ``retry_count`` publishes (``detect.py``), and
+        gRPC itself answers it when the call never reached the sidecar. At worst an
+        unacknowledged publish did reach the IDP; the retry then asks again for the same
+        round id, and results are matched by round id, so a retry can never return
+        another round's result.
+        """
+        service = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
+        methods = ["Health", "GetStats", *(["Detect"] if self.retry_detect else [])]
+        names: list[dict[str, str]] = [{"service": service, "method": m} for m in methods]
+        names.append({"service": health_pb2.DESCRIPTOR.services_by_name["Health"].full_name})
+        policy = {
+            "maxAttempts": self.max_attempts,
+            "initialBackoff": f"{self.initial_backoff_s}s",
+            "maxBackoff": f"{self.max_backoff_s}s",
+            "backoffMultiplier": self.backoff_multiplier,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        }
+        return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
+def channel_options(retry: RetryPolicy) -> list[tuple[str, Any]]:
+    """Channel options: retries on, the policy, and quick reconnects to a local sidecar."""
+    return [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", retry.service_config()),
+        # The sidecar is on loopback: reconnect soon after it starts listening instead of
+        # after gRPC's default backoff (up to 120 s).
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
+
+
+# --- async client --------------------------------------------------------------------
+
+
+class GatewayClient:
+    """A connection to one sidecar (usually ``127.0.0.1:50051``).
+
+    ``deadline_s`` on each call: omitted means the client's ``default_deadline_s``, a
+    number is seconds, ``None`` means no gRPC deadline (the table's timeout still bounds
+    a Detect on the sidecar).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        default_deadline_s: float | None = DEFAULT_DEADLINE_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.target = target
+        self.default_deadline_s = default_deadline_s
+        self.retry = retry or RetryPolicy()
+        self._channel = grpc.aio.insecure_channel(target, options=channel_options(self.retry))
         self.stub = pb_grpc.GatewayServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def __aenter__(self) -> GatewayClient:
         return self
@@ -66,17 +310,26 @@ class GatewayClient:
     async def close(self) -> None:
         await self._channel.close(None)
 
+    def _timeout(self, deadline_s: Deadline) -> float | None:
+        return self.default_deadline_s if isinstance(deadline_s, _FromClient) else deadline_s
+
+    async def _call(self, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self.target) from exc
+
     async def detect_raw(
         self,
         round_id: str,
         *,
         input_url: str = "",
         output_url: str = "",
-        deadline_s: float | None = None,
+        deadline_s: Deadline = FROM_CLIENT,
     ) -> pb.DetectResponse:
         """Detect, returning the protobuf response as it came."""
         request = pb.DetectRequest(round_id=round_id, input=input_url, output=output_url)
-        return await self.stub.Detect(request, timeout=deadline_s)
+        return await self._call(self.stub.Detect(request, timeout=self._timeout(deadline_s)))
 
     async def detect(
         self,
@@ -84,9 +337,9 @@ class GatewayClient:
         *,
         input_url: str = "",
         output_url: str = "",
-        deadline_s: float | None = None,
+        deadline_s: Deadline = FROM_CLIENT,
     ) -> Detection:
-        """The IDP's validated result for ``round_id``."""
+        """The IDP's validated result for ``round_id``; a ``GatewayError`` subclass if none."""
         r = await self.detect_raw(
             round_id, input_url=input_url, output_url=output_url, deadline_s=deadline_s
         )
@@ -100,11 +353,151 @@ class GatewayClient:
             publishes=r.publishes,
         )
 
-    async def health(self, *, deadline_s: float | None = 5.0) -> pb.HealthResponse:
-        return await self.stub.Health(pb.HealthRequest(), timeout=deadline_s)
+    async def health(self, *, deadline_s: Deadline = FROM_CLIENT) -> pb.HealthResponse:
+        """The sidecar's brokers, active broker, counters and overall status."""
+        timeout = self._timeout(deadline_s)
+        return await self._call(self.stub.Health(pb.HealthRequest(), timeout=timeout))
 
     async def stats(
-        self, *, fleet: bool = False, deadline_s: float | None = 5.0
+        self, *, fleet: bool = False, deadline_s: Deadline = FROM_CLIENT
     ) -> pb.StatsResponse:
         """This sidecar's statistics, and with ``fleet`` its broker group's."""
-        return await self.stub.GetStats(pb.StatsRequest(fleet=fleet), timeout=deadline_s)
+        request = pb.StatsRequest(fleet=fleet)
+        return await self._call(self.stub.GetStats(request, timeout=self._timeout(deadline_s)))
+
+    async def wait_ready(self, deadline_s: Deadline = FROM_CLIENT, *, service: str = "") -> None:
+        """Return once the sidecar's ``grpc.health.v1`` reports SERVING for ``service``.
+
+        Service ``""`` is SERVING only with a ready active broker, i.e. when a Detect can
+        be carried. Waits for the sidecar to listen at all, then watches its status.
+        Raises ``NotReady`` naming the target and the last status seen on timeout.
+        """
+        limit = self._timeout(deadline_s)
+        loop = asyncio.get_running_loop()
+        end = None if limit is None else loop.time() + limit
+        last = "none (never connected)"
+        request = health_pb2.HealthCheckRequest(service=service)
+        backoff = self.retry.initial_backoff_s
+        while True:
+            remaining = None if end is None else end - loop.time()
+            if remaining is not None and remaining <= 0:
+                break
+            stream = self._health.Watch(request, timeout=remaining, wait_for_ready=True)
+            try:
+                async for update in stream:
+                    last = health_pb2.HealthCheckResponse.ServingStatus.Name(update.status)
+                    if update.status == health_pb2.HealthCheckResponse.SERVING:
+                        stream.cancel()
+                        return
+                last = f"{last}, then the health stream ended"
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    break
+                last = f"{exc.code().name}: {exc.details()}"
+            # The stream failed or ended (e.g. the sidecar restarting): watch again soon.
+            pause = backoff if end is None else min(backoff, max(0.0, end - loop.time()))
+            await asyncio.sleep(pause)
+            backoff = min(backoff * self.retry.backoff_multiplier, self.retry.max_backoff_s)
+        state = self._channel.get_state().name
+        raise NotReady(
+            grpc.StatusCode.UNAVAILABLE,
+            f"sidecar at {self.target} not ready within {limit}s "
+            f"(health service {service!r}): last status: {last}; channel {state}",
+            target=self.target,
+        )
+
+
+# --- sync facade ---------------------------------------------------------------------
+
+
+class SyncGatewayClient:
+    """A blocking ``GatewayClient`` for threaded game loops.
+
+    Runs its own event loop in one background thread; any number of threads may call it
+    at once (calls run concurrently on that loop). Same errors as ``GatewayClient``.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        default_deadline_s: float | None = DEFAULT_DEADLINE_S,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.target = target
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"gateway-client {target}", daemon=True
+        )
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread.start()
+
+        async def open_client() -> GatewayClient:
+            # The channel must be created on the loop that will use it.
+            return GatewayClient(target, default_deadline_s=default_deadline_s, retry=retry)
+
+        self._client = self._run(open_client())
+
+    def __enter__(self) -> SyncGatewayClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("SyncGatewayClient called from its own event loop thread")
+        with self._lock:  # no call may reach the loop once close() has begun
+            if self._closed:
+                coro.close()
+                raise RuntimeError(f"SyncGatewayClient for {self.target} is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt in the caller: stop the call too
+            raise
+
+    def detect(
+        self,
+        round_id: str,
+        *,
+        input_url: str = "",
+        output_url: str = "",
+        deadline_s: Deadline = FROM_CLIENT,
+    ) -> Detection:
+        """The IDP's validated result for ``round_id``; see ``GatewayClient.detect``."""
+        return self._run(
+            self._client.detect(
+                round_id, input_url=input_url, output_url=output_url, deadline_s=deadline_s
+            )
+        )
+
+    def health(self, *, deadline_s: Deadline = FROM_CLIENT) -> pb.HealthResponse:
+        """The sidecar's Health; see ``GatewayClient.health``."""
+        return self._run(self._client.health(deadline_s=deadline_s))
+
+    def wait_ready(self, deadline_s: Deadline = FROM_CLIENT, *, service: str = "") -> None:
+        """Block until the sidecar serves; see ``GatewayClient.wait_ready``."""
+        self._run(self._client.wait_ready(deadline_s, service=service))
+
+    def close(self) -> None:
+        """Close the channel and stop the loop thread; safe to call more than once."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            closing = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
+        try:
+            closing.result()
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
