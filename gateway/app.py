@@ -30,7 +30,9 @@ from gateway.detect import RoundDesk
 from gateway.election import Decision, Elector, LocalElector
 from gateway.reload import ConfigReloader
 from gateway.service import SERVICE_NAME, GatewayService, overall_status
+from gateway.shaker import Shaker
 from gateway.stats import SidecarStats, StatsWriter, read_fleet, take_snapshot
+from gateway.topics import TopicHub
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
@@ -88,16 +90,19 @@ class Sidecar:
         self.elector = elector or LocalElector(config.timings)
         # The pool and the desk refer to each other: frames flow pool -> desk, commands
         # desk -> pool, and the elector must know whether a round is in flight.
+        table = config.table
+        self.hub = TopicHub(t for t in (table.shaker_says, *table.subscribe_topics) if t)
         self.pool = BrokerPool(
             config.brokers,
-            topics=[config.table.response_topic],
+            topics=[table.response_topic, *sorted(self.hub.topics)],
             instance_id=self.instance_id,
             timings=config.timings,
             elector=self.elector,
-            on_message=lambda broker, topic, payload: self.desk.on_message(broker, topic, payload),
+            on_message=self._route,
             busy=lambda: self.desk.busy,
         )
         self.desk = RoundDesk(config.table, self.pool, on_busy_change=self.pool.busy_changed)
+        self.shaker = Shaker(config.table, self.pool, self.hub)
         self.elector.add_listener(self.desk.on_decision)
         self.elector.add_listener(self._count_switch)
         self._observe()
@@ -118,7 +123,14 @@ class Sidecar:
                 return await read_fleet(client, keys)
 
         self.service = GatewayService(
-            config, self.desk, self.pool, self.instance_id, self.snapshot, fleet
+            config,
+            self.desk,
+            self.pool,
+            self.instance_id,
+            self.snapshot,
+            fleet,
+            shaker=self.shaker,
+            hub=self.hub,
         )
         self.reloader: ConfigReloader | None = None
         if config_path is not None:
@@ -237,10 +249,18 @@ class Sidecar:
             "gateway.degraded", [degraded], description="1 while Health reports DEGRADED"
         )
 
+    def _route(self, broker: str, topic: str, payload: bytes) -> None:
+        """The IDP's responses go to the round desk; the extra topics to their listeners."""
+        if topic == self.config.table.response_topic:
+            self.desk.on_message(broker, topic, payload)
+        else:
+            self.hub.on_message(broker, topic, payload)
+
     def _apply_config(self, config: GatewayConfig) -> None:
         """A reloaded configuration, between rounds: only what can change live."""
         self.config = config
         self.desk.reconfigure(config.table)
+        self.shaker.table = config.table
         self.service.config = config
 
     def snapshot(self) -> SidecarStats:
@@ -307,6 +327,7 @@ class Sidecar:
         tb: TracebackType | None,
     ) -> None:
         await self.health.enter_graceful_shutdown()
+        self.hub.close()  # Subscribe streams end now rather than at the end of the grace
         if self._server is not None:
             await self._server.stop(DRAIN_GRACE_S)
         if self._health_server is not None:

@@ -17,7 +17,8 @@ written against the raw gRPC error keeps working::
     │   └── NotReady                               ``wait_ready`` ran out of time
     ├── DetectTimeout         DEADLINE_EXCEEDED    no valid result for the round in time
     ├── IdpError              FAILED_PRECONDITION  the IDP reported an error (``.idp_code``)
-    └── RoundSuperseded       ABORTED              a newer round on the table replaced this one
+    ├── RoundSuperseded       ABORTED              a newer round on the table replaced this one
+    └── ShakeFailed           (per failure)        a Shake did not complete (``.failure``)
 
 These mirror the sidecar's own tree in ``gateway.errors`` as seen from the caller's side
 of the wire.
@@ -28,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -54,7 +55,10 @@ __all__ = [
     "RetryPolicy",
     "RouletteNumber",
     "RoundSuperseded",
+    "ShakeFailed",
+    "Shook",
     "SicBoDice",
+    "Subscription",
     "SyncGatewayClient",
     "error_from_rpc",
     "result_from_proto",
@@ -180,6 +184,17 @@ class RoundSuperseded(GatewayError):
     """A Detect for a newer round on the same table replaced this one."""
 
 
+class ShakeFailed(GatewayError):
+    """A Shake did not complete. ``failure`` is its ``ShakeFailure`` name from the
+    ``shake-err`` trailing metadata: ``MOTION_FAULT`` (the shaker said S90), ``TIMEOUT``
+    (not idle within duration + 7 s), ``NO_SHAKER`` (the table has none), ``BUSY``
+    (another Shake is running)."""
+
+    @property
+    def failure(self) -> str:
+        return self.metadata.get("shake-err", "SHAKE_FAILURE_UNSPECIFIED")
+
+
 _BY_STATUS: Final[dict[grpc.StatusCode, type[GatewayError]]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidRound,
     grpc.StatusCode.UNAVAILABLE: GatewayUnavailable,
@@ -193,7 +208,8 @@ def error_from_rpc(exc: grpc.aio.AioRpcError, target: str = "") -> GatewayError:
     """The ``GatewayError`` subclass for a failed call's status, keeping all its details."""
     if isinstance(exc, GatewayError):
         return exc
-    cls = _BY_STATUS.get(exc.code(), GatewayError)
+    shake = any(k == "shake-err" for k, _ in _pairs(exc.trailing_metadata()))
+    cls = ShakeFailed if shake else _BY_STATUS.get(exc.code(), GatewayError)
     return cls(
         exc.code(),
         exc.details(),
@@ -353,6 +369,41 @@ class GatewayClient:
             publishes=r.publishes,
         )
 
+    async def shake(
+        self,
+        *,
+        pattern: int | None = None,
+        parameter1: int | None = None,
+        parameter2: int | None = None,
+        amplitude: float | None = None,
+        duration_s: float | None = None,
+        deadline_s: Deadline = FROM_CLIENT,
+    ) -> Shook:
+        """Shake the SicBo table's dice (the studio's usual cycle unless told otherwise);
+        returns once the shaker is idle again, else raises ``ShakeFailed``."""
+        given: dict[str, Any] = {
+            "pattern": pattern,
+            "parameter1": parameter1,
+            "parameter2": parameter2,
+            "amplitude": amplitude,
+            "duration_s": duration_s,
+        }
+        request = pb.ShakeRequest(**{k: v for k, v in given.items() if v is not None})
+        r = await self._call(self.stub.Shake(request, timeout=self._timeout(deadline_s)))
+        return Shook(tuple(r.states), r.elapsed_ms, r.broker_id, r.budget_s)
+
+    def subscribe(self, topics: Sequence[str] = ()) -> Subscription:
+        """Messages on the table's extra topics (all configured ones if none given)::
+
+            async with client.subscribe(["ikg/sicbo/Billy-III/says"]) as messages:
+                async for m in messages:
+                    print(m.topic, m.payload)
+
+        Entering waits until the sidecar confirms the subscription (``InvalidRound`` for
+        a topic it does not carry). The stream has no deadline; leaving the block ends it.
+        """
+        return Subscription(self, list(topics))
+
     async def health(self, *, deadline_s: Deadline = FROM_CLIENT) -> pb.HealthResponse:
         """The sidecar's brokers, active broker, counters and overall status."""
         timeout = self._timeout(deadline_s)
@@ -405,6 +456,63 @@ class GatewayClient:
             f"(health service {service!r}): last status: {last}; channel {state}",
             target=self.target,
         )
+
+
+@dataclass(frozen=True)
+class Shook:
+    """A completed shake: the states the shaker said (e.g. S2, S1, S0)."""
+
+    states: tuple[str, ...]
+    elapsed_ms: float
+    broker_id: str
+    budget_s: float
+
+
+class Subscription:
+    """A Subscribe stream: an async context manager, then an async iterator of
+    ``gateway.v1.TopicMessage`` (``topic``, ``payload``, ``broker_id``, ``sequence``)."""
+
+    def __init__(self, client: GatewayClient, topics: list[str]) -> None:
+        self._client = client
+        self._request = pb.SubscribeRequest(topics=topics)
+        self._call: Any = None
+        self.topics: list[str] = []
+
+    async def __aenter__(self) -> Subscription:
+        self._call = self._client.stub.Subscribe(self._request)
+        try:
+            metadata = await self._call.initial_metadata()
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self._client.target) from exc
+        subscribed = dict(_pairs(metadata)).get("subscribed")
+        if subscribed is None:  # the stream ended before confirming: report its status
+            code = await self._call.code()
+            raise error_from_rpc(
+                grpc.aio.AioRpcError(
+                    code, metadata, await self._call.trailing_metadata(),
+                    details=await self._call.details(),
+                    debug_error_string="",
+                ),
+                self._client.target,
+            )  # fmt: skip
+        self.topics = subscribed.split(",")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._call is not None:
+            self._call.cancel()
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> pb.TopicMessage:
+        try:
+            message = await self._call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, self._client.target) from exc
+        if message is grpc.aio.EOF:  # type: ignore[attr-defined]  # missing from the stubs
+            raise StopAsyncIteration
+        return message  # type: ignore[no-any-return]
 
 
 # --- sync facade ---------------------------------------------------------------------

@@ -79,6 +79,8 @@ class TableConfig:
     retry_delay_s: float = 1.0
     input_url: str | None = None
     output_url: str | None = None
+    # Extra topics every broker link subscribes to, streamed to the game by Subscribe.
+    subscribe_topics: tuple[str, ...] = ()
     # Carry the W3C trace context inside the detect command (off: the devices are not ours).
     trace_context_in_command: bool = False
 
@@ -195,6 +197,8 @@ def dump_config(config: GatewayConfig) -> dict[str, Any]:
     ):
         if value is not None:
             table[key] = value
+    if t.subscribe_topics:
+        table["subscribe_topics"] = list(t.subscribe_topics)
     brokers = []
     for b in config.brokers:
         entry: dict[str, Any] = {"id": b.id, "host": b.host, "port": b.port, "priority": b.priority}
@@ -233,6 +237,7 @@ def _parse_v1(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
         retry_delay_s=t.number("retry_delay_s", 1.0, lo=0, hi=60),
         input_url=t.opt_string("input"),
         output_url=t.opt_string("output"),
+        subscribe_topics=t.strings("subscribe_topics"),
         trace_context_in_command=t.boolean("trace_context_in_command", False),
     )
     t.done()
@@ -320,6 +325,15 @@ def _table(s: _Section, **kw: Any) -> TableConfig:
     for key in ("shaker_listens", "shaker_says"):
         if kw[key] is not None:
             kw[key] = _topic(s, key, kw[key])
+    extra = kw.get("subscribe_topics", ())
+    for i, topic in enumerate(extra):
+        key = f"subscribe_topics[{i}]"
+        _topic(s, key, topic)
+        if topic in (kw["command_topic"], kw["response_topic"]):
+            s.fail(key, f"{topic!r} is the table's command or response topic")
+        if topic in extra[:i]:
+            s.fail(key, f"{topic!r} is listed twice")
+    kw["subscribe_topics"] = tuple(extra)
     for key, name in (("input_url", "input"), ("output_url", "output")):
         if kw[key] is not None:
             try:
@@ -558,6 +572,12 @@ class _Section:
 
     def opt_section(self, key: str) -> _Section | None:
         return self.section(key) if self.data.get(key) is not None else self._get(key, None)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            self.fail(key, "must be a list of strings")
+        return tuple(value)
 
     def sections(self, key: str) -> list[_Section]:
         value = self._get(key, _MISSING)

@@ -11,7 +11,11 @@ into these where the library is called, with ``raise ... from exc``.
     │   └── NoBrokerAvailable                              no broker could carry the command
     ├── DetectTimeout                 DEADLINE_EXCEEDED    no valid answer for the round in time
     ├── IdpError                      FAILED_PRECONDITION  the IDP reported an error for the round
-    └── RoundSuperseded               ABORTED              a newer round replaced this one
+    ├── RoundSuperseded               ABORTED              a newer round replaced this one
+    └── ShakeError                    (per failure)        a Shake did not complete
+        ├── ShakeFault                FAILED_PRECONDITION  MOTION_FAULT (S90), NO_SHAKER
+        ├── ShakeTimeout              DEADLINE_EXCEEDED    TIMEOUT: not idle within the budget
+        └── ShakeBusy                 ABORTED              BUSY: another Shake is running
 """
 
 from __future__ import annotations
@@ -89,6 +93,41 @@ class RoundSuperseded(GatewayError):
     def __init__(self, message: str, *, new_round_id: str) -> None:
         super().__init__(message)
         self.new_round_id = new_round_id
+
+
+class ShakeError(GatewayError):
+    """A Shake did not complete; ``failure`` is its ShakeFailure name (``shake-err``)."""
+
+    failure = "SHAKE_FAILURE_UNSPECIFIED"
+
+    def __init__(self, message: str, *, failure: str | None = None) -> None:
+        super().__init__(message)
+        if failure is not None:
+            self.failure = failure
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (*super().trailing_metadata(), ("shake-err", self.failure))
+
+
+class ShakeFault(ShakeError):
+    """The shaker reported a motion fault (S90), or the table has no shaker."""
+
+    status = grpc.StatusCode.FAILED_PRECONDITION
+    failure = "MOTION_FAULT"
+
+
+class ShakeTimeout(ShakeError):
+    """The shaker was not idle again within the cycle's time budget."""
+
+    status = grpc.StatusCode.DEADLINE_EXCEEDED
+    failure = "TIMEOUT"
+
+
+class ShakeBusy(ShakeError):
+    """Another Shake is running on this table."""
+
+    status = grpc.StatusCode.ABORTED
+    failure = "BUSY"
 
 
 def raise_if_cancelled() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from opentelemetry import metrics
 
-from gateway.config import GatewayConfig, load_config
+from gateway.config import GatewayConfig, TableConfig, load_config
 from gateway.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,12 @@ def restart_needed(old: GatewayConfig, new: GatewayConfig) -> list[str]:
     reasons = []
     if new.brokers != old.brokers:
         reasons.append("brokers changed")
-    if (new.table.command_topic, new.table.response_topic) != (
-        old.table.command_topic,
-        old.table.response_topic,
-    ):
+
+    def topics(t: TableConfig) -> tuple[object, ...]:
+        return (t.command_topic, t.response_topic, t.shaker_listens, t.shaker_says,
+                t.subscribe_topics)  # fmt: skip
+
+    if topics(new.table) != topics(old.table):
         reasons.append("topics changed")
     if (new.table.game, new.table.code) != (old.table.game, old.table.code):
         reasons.append("game or table code changed")

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -23,7 +24,9 @@ from gateway.detect import Counters, DetectOutcome, RoundDesk
 from gateway.election import Decision, LinkState, LinkStatus
 from gateway.errors import GatewayError, IdpError, Unavailable
 from gateway.protocol import BaccaratHand, Game, RouletteNumber, SicBoDice
+from gateway.shaker import ShakeParams, Shaker
 from gateway.stats import SidecarStats, totals
+from gateway.topics import TopicHub
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
 
@@ -140,8 +143,13 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
         instance_id: str,
         snapshot: Callable[[], SidecarStats],
         fleet: Callable[[], Awaitable[list[SidecarStats]]] | None = None,
+        *,
+        shaker: Shaker,
+        hub: TopicHub,
     ) -> None:
         self.config = config
+        self._shaker = shaker
+        self._hub = hub
         self._desk = desk
         self._pool = pool
         self._instance_id = instance_id
@@ -207,6 +215,52 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
                     "detect table=%s round=%r outcome=cancelled by the caller",
                     table.code,
                     request.round_id,
+                )
+
+    async def Shake(
+        self, request: pb.ShakeRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.ShakeResponse:
+        # The optional fields the caller set; the others keep the studio's usual cycle.
+        given: dict[str, Any] = {f.name: value for f, value in request.ListFields()}
+        try:
+            params = ShakeParams(**given)
+            remaining = context.time_remaining()
+            limit = None if remaining is None else remaining - DEADLINE_MARGIN_S
+            outcome = await self._shaker.shake(params, limit)
+        except GatewayError as exc:
+            log.info("shake table=%s outcome=%s: %s", self.config.table.code,
+                     type(exc).__name__, exc.message)  # fmt: skip
+            await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
+            raise  # abort() raises; this line is never reached
+        return pb.ShakeResponse(
+            states=outcome.states,
+            elapsed_ms=outcome.elapsed_s * 1000,
+            broker_id=outcome.broker_id,
+            budget_s=outcome.budget_s,
+        )
+
+    async def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> AsyncIterator[pb.TopicMessage]:
+        configured = sorted(self._hub.topics)
+        topics = list(dict.fromkeys(request.topics)) or configured
+        unknown = [t for t in topics if t not in self._hub.topics]
+        if unknown or not topics:
+            have = ", ".join(configured) or "none (no shaker, no subscribe_topics)"
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"topics not configured for table {self.config.table.code}: "
+                f"{', '.join(unknown)}; configured: {have}",
+            )
+        async with self._hub.listen(topics) as listener:
+            await context.send_initial_metadata((("subscribed", ",".join(topics)),))
+            async for m in listener:
+                yield pb.TopicMessage(
+                    topic=m.topic,
+                    payload=m.payload,
+                    broker_id=m.broker_id,
+                    received_unix=m.received_unix,
+                    sequence=m.sequence,
                 )
 
     async def Health(

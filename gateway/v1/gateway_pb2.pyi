@@ -24,6 +24,35 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ShakeFailure:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ShakeFailureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ShakeFailure.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SHAKE_FAILURE_UNSPECIFIED: _ShakeFailure.ValueType  # 0
+    MOTION_FAULT: _ShakeFailure.ValueType  # 1
+    """The shaker reported S90, a motion fault."""
+    TIMEOUT: _ShakeFailure.ValueType  # 2
+    """The shaker was not idle again within the cycle's time budget."""
+    NO_SHAKER: _ShakeFailure.ValueType  # 3
+    """The table has no shaker configured (not SicBo, or no shaker name)."""
+    BUSY: _ShakeFailure.ValueType  # 4
+    """Another Shake is running on this table."""
+
+class ShakeFailure(_ShakeFailure, metaclass=_ShakeFailureEnumTypeWrapper): ...
+
+SHAKE_FAILURE_UNSPECIFIED: ShakeFailure.ValueType  # 0
+MOTION_FAULT: ShakeFailure.ValueType  # 1
+"""The shaker reported S90, a motion fault."""
+TIMEOUT: ShakeFailure.ValueType  # 2
+"""The shaker was not idle again within the cycle's time budget."""
+NO_SHAKER: ShakeFailure.ValueType  # 3
+"""The table has no shaker configured (not SicBo, or no shaker name)."""
+BUSY: ShakeFailure.ValueType  # 4
+"""Another Shake is running on this table."""
+Global___ShakeFailure: _TypeAlias = ShakeFailure  # noqa: Y015
+
 class _Game:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -67,6 +96,154 @@ BROKER_STATE_READY: BrokerState.ValueType  # 2
 BROKER_STATE_DOWN: BrokerState.ValueType  # 3
 """Lost, refused or unanswered; reconnecting with backoff."""
 Global___BrokerState: _TypeAlias = BrokerState  # noqa: Y015
+
+@_typing.final
+class ShakeRequest(_message.Message):
+    """The shaker's cycle, sent as `/cycle/?pattern=..&parameter1=..&parameter2=..&amplitude=..&duration=..`.
+    Unset fields take the studio's usual cycle: pattern 0, parameter1 10, parameter2 0,
+    amplitude 0.41, duration 9.59 s.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATTERN_FIELD_NUMBER: _builtins.int
+    PARAMETER1_FIELD_NUMBER: _builtins.int
+    PARAMETER2_FIELD_NUMBER: _builtins.int
+    AMPLITUDE_FIELD_NUMBER: _builtins.int
+    DURATION_S_FIELD_NUMBER: _builtins.int
+    pattern: _builtins.int
+    parameter1: _builtins.int
+    parameter2: _builtins.int
+    amplitude: _builtins.float
+    """0 < amplitude <= 1."""
+    duration_s: _builtins.float
+    """Seconds, 0 < duration <= 60."""
+    def __init__(
+        self,
+        *,
+        pattern: _builtins.int | None = ...,
+        parameter1: _builtins.int | None = ...,
+        parameter2: _builtins.int | None = ...,
+        amplitude: _builtins.float | None = ...,
+        duration_s: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_amplitude", b"_amplitude", "_duration_s", b"_duration_s", "_parameter1", b"_parameter1", "_parameter2", b"_parameter2", "_pattern", b"_pattern", "amplitude", b"amplitude", "duration_s", b"duration_s", "parameter1", b"parameter1", "parameter2", b"parameter2", "pattern", b"pattern"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_amplitude", b"_amplitude", "_duration_s", b"_duration_s", "_parameter1", b"_parameter1", "_parameter2", b"_parameter2", "_pattern", b"_pattern", "amplitude", b"amplitude", "duration_s", b"duration_s", "parameter1", b"parameter1", "parameter2", b"parameter2", "pattern", b"pattern"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__amplitude: _TypeAlias = _typing.Literal["amplitude"]  # noqa: Y015
+    _WhichOneofArgType__amplitude: _TypeAlias = _typing.Literal["_amplitude", b"_amplitude"]  # noqa: Y015
+    _WhichOneofReturnType__duration_s: _TypeAlias = _typing.Literal["duration_s"]  # noqa: Y015
+    _WhichOneofArgType__duration_s: _TypeAlias = _typing.Literal["_duration_s", b"_duration_s"]  # noqa: Y015
+    _WhichOneofReturnType__parameter1: _TypeAlias = _typing.Literal["parameter1"]  # noqa: Y015
+    _WhichOneofArgType__parameter1: _TypeAlias = _typing.Literal["_parameter1", b"_parameter1"]  # noqa: Y015
+    _WhichOneofReturnType__parameter2: _TypeAlias = _typing.Literal["parameter2"]  # noqa: Y015
+    _WhichOneofArgType__parameter2: _TypeAlias = _typing.Literal["_parameter2", b"_parameter2"]  # noqa: Y015
+    _WhichOneofReturnType__pattern: _TypeAlias = _typing.Literal["pattern"]  # noqa: Y015
+    _WhichOneofArgType__pattern: _TypeAlias = _typing.Literal["_pattern", b"_pattern"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__amplitude) -> _WhichOneofReturnType__amplitude | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__duration_s) -> _WhichOneofReturnType__duration_s | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parameter1) -> _WhichOneofReturnType__parameter1 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parameter2) -> _WhichOneofReturnType__parameter2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__pattern) -> _WhichOneofReturnType__pattern | None: ...
+
+Global___ShakeRequest: _TypeAlias = ShakeRequest  # noqa: Y015
+
+@_typing.final
+class ShakeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATES_FIELD_NUMBER: _builtins.int
+    ELAPSED_MS_FIELD_NUMBER: _builtins.int
+    BROKER_ID_FIELD_NUMBER: _builtins.int
+    BUDGET_S_FIELD_NUMBER: _builtins.int
+    elapsed_ms: _builtins.float
+    broker_id: _builtins.str
+    """The broker that carried the cycle command."""
+    budget_s: _builtins.float
+    """The time the shake was allowed (duration + 7 s), in seconds."""
+    @_builtins.property
+    def states(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The states the shaker said during the cycle, in order (e.g. S2, S1, S0)."""
+
+    def __init__(
+        self,
+        *,
+        states: _abc.Iterable[_builtins.str] | None = ...,
+        elapsed_ms: _builtins.float = ...,
+        broker_id: _builtins.str = ...,
+        budget_s: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broker_id", b"broker_id", "budget_s", b"budget_s", "elapsed_ms", b"elapsed_ms", "states", b"states"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShakeResponse: _TypeAlias = ShakeResponse  # noqa: Y015
+
+@_typing.final
+class SubscribeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPICS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def topics(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Topics to receive; empty for every configured one."""
+
+    def __init__(
+        self,
+        *,
+        topics: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["topics", b"topics"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscribeRequest: _TypeAlias = SubscribeRequest  # noqa: Y015
+
+@_typing.final
+class TopicMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOPIC_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    BROKER_ID_FIELD_NUMBER: _builtins.int
+    RECEIVED_UNIX_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    topic: _builtins.str
+    payload: _builtins.bytes
+    broker_id: _builtins.str
+    """The broker it arrived through."""
+    received_unix: _builtins.float
+    """When the sidecar received it (Unix seconds)."""
+    sequence: _builtins.int
+    """Per-stream sequence number, from 1; a gap means messages were dropped because the
+    reader fell more than 1000 messages behind.
+    """
+    def __init__(
+        self,
+        *,
+        topic: _builtins.str = ...,
+        payload: _builtins.bytes = ...,
+        broker_id: _builtins.str = ...,
+        received_unix: _builtins.float = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["broker_id", b"broker_id", "payload", b"payload", "received_unix", b"received_unix", "sequence", b"sequence", "topic", b"topic"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TopicMessage: _TypeAlias = TopicMessage  # noqa: Y015
 
 @_typing.final
 class DetectRequest(_message.Message):

@@ -49,6 +49,16 @@ class GatewayServiceStub:
                 request_serializer=gateway_dot_v1_dot_gateway__pb2.StatsRequest.SerializeToString,
                 response_deserializer=gateway_dot_v1_dot_gateway__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Shake = channel.unary_unary(
+                '/gateway.v1.GatewayService/Shake',
+                request_serializer=gateway_dot_v1_dot_gateway__pb2.ShakeRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_gateway__pb2.ShakeResponse.FromString,
+                _registered_method=True)
+        self.Subscribe = channel.unary_stream(
+                '/gateway.v1.GatewayService/Subscribe',
+                request_serializer=gateway_dot_v1_dot_gateway__pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=gateway_dot_v1_dot_gateway__pb2.TopicMessage.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -82,6 +92,33 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Shake(self, request, context):
+        """Shake a SicBo table's dice: send the shaker its cycle and wait until it is idle
+        again (its first S0 after S2/S1), within the cycle's duration + 7 s.
+
+        Errors carry trailing metadata `shake-err` with the ShakeFailure name:
+        FAILED_PRECONDITION (MOTION_FAULT: the shaker said S90; NO_SHAKER: this table has
+        none), DEADLINE_EXCEEDED (TIMEOUT: not idle in time; the message names the last
+        state), ABORTED (BUSY: another Shake is running on this table), UNAVAILABLE (no
+        broker could carry the command), INVALID_ARGUMENT (a parameter out of range).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Subscribe(self, request, context):
+        """Messages on the table's extra topics (the shaker's `says` topic and the configured
+        `subscribe_topics`), from whichever broker carries them, until the call is
+        cancelled: the stream survives a broker failover. The initial metadata
+        (`subscribed`: the topics) is sent once the subscription is in place.
+
+        Errors: INVALID_ARGUMENT (a topic that is not configured; the message lists those
+        that are).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -99,6 +136,16 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=gateway_dot_v1_dot_gateway__pb2.StatsRequest.FromString,
                     response_serializer=gateway_dot_v1_dot_gateway__pb2.StatsResponse.SerializeToString,
+            ),
+            'Shake': grpc.unary_unary_rpc_method_handler(
+                    servicer.Shake,
+                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.ShakeRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_gateway__pb2.ShakeResponse.SerializeToString,
+            ),
+            'Subscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.Subscribe,
+                    request_deserializer=gateway_dot_v1_dot_gateway__pb2.SubscribeRequest.FromString,
+                    response_serializer=gateway_dot_v1_dot_gateway__pb2.TopicMessage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +229,60 @@ class GatewayService:
             '/gateway.v1.GatewayService/GetStats',
             gateway_dot_v1_dot_gateway__pb2.StatsRequest.SerializeToString,
             gateway_dot_v1_dot_gateway__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Shake(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gateway.v1.GatewayService/Shake',
+            gateway_dot_v1_dot_gateway__pb2.ShakeRequest.SerializeToString,
+            gateway_dot_v1_dot_gateway__pb2.ShakeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Subscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/gateway.v1.GatewayService/Subscribe',
+            gateway_dot_v1_dot_gateway__pb2.SubscribeRequest.SerializeToString,
+            gateway_dot_v1_dot_gateway__pb2.TopicMessage.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,25 @@ class GatewayServiceStub:
     """Connection and detect statistics of this sidecar and, with `fleet`, of every live
     sidecar of its broker group (read from the shared store).
     """
+    Shake: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ShakeRequest, _gateway_pb2.ShakeResponse]
+    """Shake a SicBo table's dice: send the shaker its cycle and wait until it is idle
+    again (its first S0 after S2/S1), within the cycle's duration + 7 s.
+
+    Errors carry trailing metadata `shake-err` with the ShakeFailure name:
+    FAILED_PRECONDITION (MOTION_FAULT: the shaker said S90; NO_SHAKER: this table has
+    none), DEADLINE_EXCEEDED (TIMEOUT: not idle in time; the message names the last
+    state), ABORTED (BUSY: another Shake is running on this table), UNAVAILABLE (no
+    broker could carry the command), INVALID_ARGUMENT (a parameter out of range).
+    """
+    Subscribe: _grpc.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.TopicMessage]
+    """Messages on the table's extra topics (the shaker's `says` topic and the configured
+    `subscribe_topics`), from whichever broker carries them, until the call is
+    cancelled: the stream survives a broker failover. The initial metadata
+    (`subscribed`: the topics) is sent once the subscription is in place.
+
+    Errors: INVALID_ARGUMENT (a topic that is not configured; the message lists those
+    that are).
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -69,6 +88,25 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     GetStats: _aio.UnaryUnaryMultiCallable[_gateway_pb2.StatsRequest, _gateway_pb2.StatsResponse]  # type: ignore[assignment]
     """Connection and detect statistics of this sidecar and, with `fleet`, of every live
     sidecar of its broker group (read from the shared store).
+    """
+    Shake: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ShakeRequest, _gateway_pb2.ShakeResponse]  # type: ignore[assignment]
+    """Shake a SicBo table's dice: send the shaker its cycle and wait until it is idle
+    again (its first S0 after S2/S1), within the cycle's duration + 7 s.
+
+    Errors carry trailing metadata `shake-err` with the ShakeFailure name:
+    FAILED_PRECONDITION (MOTION_FAULT: the shaker said S90; NO_SHAKER: this table has
+    none), DEADLINE_EXCEEDED (TIMEOUT: not idle in time; the message names the last
+    state), ABORTED (BUSY: another Shake is running on this table), UNAVAILABLE (no
+    broker could carry the command), INVALID_ARGUMENT (a parameter out of range).
+    """
+    Subscribe: _aio.UnaryStreamMultiCallable[_gateway_pb2.SubscribeRequest, _gateway_pb2.TopicMessage]  # type: ignore[assignment]
+    """Messages on the table's extra topics (the shaker's `says` topic and the configured
+    `subscribe_topics`), from whichever broker carries them, until the call is
+    cancelled: the stream survives a broker failover. The initial metadata
+    (`subscribed`: the topics) is sent once the subscription is in place.
+
+    Errors: INVALID_ARGUMENT (a topic that is not configured; the message lists those
+    that are).
     """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -103,6 +141,37 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.StatsResponse, _abc.Awaitable[_gateway_pb2.StatsResponse]]:
         """Connection and detect statistics of this sidecar and, with `fleet`, of every live
         sidecar of its broker group (read from the shared store).
+        """
+
+    @_abc_1.abstractmethod
+    def Shake(
+        self,
+        request: _gateway_pb2.ShakeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ShakeResponse, _abc.Awaitable[_gateway_pb2.ShakeResponse]]:
+        """Shake a SicBo table's dice: send the shaker its cycle and wait until it is idle
+        again (its first S0 after S2/S1), within the cycle's duration + 7 s.
+
+        Errors carry trailing metadata `shake-err` with the ShakeFailure name:
+        FAILED_PRECONDITION (MOTION_FAULT: the shaker said S90; NO_SHAKER: this table has
+        none), DEADLINE_EXCEEDED (TIMEOUT: not idle in time; the message names the last
+        state), ABORTED (BUSY: another Shake is running on this table), UNAVAILABLE (no
+        broker could carry the command), INVALID_ARGUMENT (a parameter out of range).
+        """
+
+    @_abc_1.abstractmethod
+    def Subscribe(
+        self,
+        request: _gateway_pb2.SubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_gateway_pb2.TopicMessage], _abc.AsyncIterator[_gateway_pb2.TopicMessage]]:
+        """Messages on the table's extra topics (the shaker's `says` topic and the configured
+        `subscribe_topics`), from whichever broker carries them, until the call is
+        cancelled: the stream survives a broker failover. The initial metadata
+        (`subscribed`: the topics) is sent once the subscription is in place.
+
+        Errors: INVALID_ARGUMENT (a topic that is not configured; the message lists those
+        that are).
         """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,106 @@
+"""Messages on the table's extra topics (the shaker's ``says``, configured others), fanned
+out to whoever listens: the Subscribe RPC and the shaker's own wait for its states.
+
+Every broker link subscribes to these topics, so a message arrives through whichever broker
+its publisher uses and a listener keeps receiving across a failover. Each listener has its
+own bounded queue: a slow reader loses its oldest messages (the sequence numbers show the
+gap), never blocks the broker links or other listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+
+from opentelemetry import metrics
+
+QUEUE_LIMIT = 1000
+
+_dropped = metrics.get_meter(__name__).create_counter(
+    "gateway.topic.dropped", description="messages dropped for a listener that fell behind"
+)
+
+
+@dataclass(frozen=True)
+class TopicMessage:
+    topic: str
+    payload: bytes
+    broker_id: str
+    received_unix: float
+    sequence: int = 0  # per listener, from 1
+
+
+class Listener:
+    """One reader of some topics; iterate it for their messages."""
+
+    def __init__(self, topics: frozenset[str]) -> None:
+        self.topics = topics
+        self.dropped = 0
+        # None marks the end: the hub closed (the sidecar is stopping).
+        self._queue: asyncio.Queue[TopicMessage | None] = asyncio.Queue(QUEUE_LIMIT + 1)
+        self._sequence = 0
+
+    def _offer(self, message: TopicMessage) -> None:
+        self._sequence += 1
+        numbered = TopicMessage(
+            message.topic, message.payload, message.broker_id, message.received_unix,
+            self._sequence,
+        )  # fmt: skip
+        if self._queue.qsize() >= QUEUE_LIMIT:
+            self._queue.get_nowait()
+            self.dropped += 1
+            _dropped.add(1, {"topic": message.topic})
+        self._queue.put_nowait(numbered)
+
+    def _end(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def get(self) -> TopicMessage:
+        """The next message; StopAsyncIteration once the hub is closed."""
+        message = await self._queue.get()
+        if message is None:
+            self._queue.put_nowait(None)  # every later get ends too
+            raise StopAsyncIteration
+        return message
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> TopicMessage:
+        return await self.get()
+
+
+class TopicHub:
+    """Routes frames of the extra topics to their listeners."""
+
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = frozenset(topics)
+        self._listeners: set[Listener] = set()
+
+    def close(self) -> None:
+        """End every listener's iteration (the sidecar is stopping)."""
+        for listener in self._listeners:
+            listener._end()
+
+    def on_message(self, broker_id: str, topic: str, payload: bytes) -> None:
+        message = TopicMessage(topic, payload, broker_id, time.time())
+        for listener in self._listeners:
+            if topic in listener.topics:
+                listener._offer(message)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, topics: Iterable[str]) -> AsyncIterator[Listener]:
+        """A listener for ``topics`` (each must be one of the hub's) while the block runs."""
+        wanted = frozenset(topics)
+        unknown = wanted - self.topics
+        if unknown:
+            raise ValueError(f"not subscribed: {', '.join(sorted(unknown))}")
+        listener = Listener(wanted)
+        self._listeners.add(listener)
+        try:
+            yield listener
+        finally:
+            self._listeners.discard(listener)
