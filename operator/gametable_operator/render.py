@@ -35,6 +35,7 @@ _SPEC_PATHS = (
     ("table.code", "spec.tableCode"),
     ("table.command_topic", "spec.topics.command"),
     ("table.response_topic", "spec.topics.response"),
+    ("table.subscribe_topics", "spec.topics.subscribe"),
     ("table.shaker_listens", "spec.shaker.name"),
     ("table.shaker_says", "spec.shaker.name"),
     ("table.timeout_s", "spec.detect.timeoutSeconds"),
@@ -126,6 +127,8 @@ def _document(gametable: Mapping[str, Any]) -> dict[str, Any]:
     for key, field in (("command", "command_topic"), ("response", "response_topic")):
         if topics.get(key) is not None:
             table[field] = topics[key]
+    if topics.get("subscribe"):
+        table["subscribe_topics"] = topics["subscribe"]
 
     shaker = _opt_section(spec, "shaker", "spec.shaker")
     if shaker:

@@ -270,3 +270,14 @@ def test_cli_sidecar_names_bad_settings_and_files(
     path.write_text("kind: ConfigMap\n")
     assert cli.main(["sidecar", str(path)]) == 2
     assert "not a GameTable" in capsys.readouterr().err
+
+
+def test_extra_topics_render_and_are_checked_by_the_sidecars_rules() -> None:
+    """spec.topics.subscribe becomes subscribe_topics; a clash is named by its spec path."""
+    gametable = _applied("sicbo")
+    gametable["spec"]["topics"] = {"subscribe": ["studio/SBO-001/announcements"]}
+    config = render_config(gametable)
+    assert config.table.subscribe_topics == ("studio/SBO-001/announcements",)
+    gametable["spec"]["topics"] = {"subscribe": ["ikg/idp/SBO-001/response"]}
+    with pytest.raises(InvalidGameTable, match=r"spec\.topics\.subscribe\[0\]: .*response topic"):
+        render_config(gametable)
