@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", type=float, default=None, metavar="S", help="gRPC deadline")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
 
+    p = sub.add_parser("shake", help="shake a SicBo table's dice through its sidecar")
+    p.add_argument("--target", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="cycle (9.59)")
+    p.add_argument("--amplitude", type=float, default=None, help="0 < A <= 1 (0.41)")
+    p.add_argument("--deadline", type=float, default=None, metavar="S", help="gRPC deadline")
+
     p = sub.add_parser("health", help="print a sidecar's Health")
     p.add_argument("--target", default=DEFAULT_LISTEN, metavar="HOST:PORT")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
@@ -121,6 +127,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await _detect(args)
     if args.command == "health":
         return await _health(args)
+    if args.command == "shake":
+        return await _shake(args)
     if args.command == "sim":
         return await _sim(args)
     from gateway.demo import run_demo
@@ -138,7 +146,8 @@ def _with_redis(config: GatewayConfig, url: str) -> GatewayConfig:
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> int:
     code = exc.code().name if exc.code() else "UNKNOWN"
-    extra = {k: v for k, v in metadata_pairs(exc.trailing_metadata()) if k.startswith("idp-")}
+    pairs = metadata_pairs(exc.trailing_metadata())
+    extra = {k: v for k, v in pairs if k.startswith(("idp-", "shake-"))}
     suffix = f" {extra}" if extra else ""
     print(f"error: {code}: {exc.details()}{suffix}", file=sys.stderr)
     return 1
@@ -176,6 +185,18 @@ async def _detect(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
     print(json_format.MessageToJson(r) if args.json else describe_response(r))
+    return 0
+
+
+async def _shake(args: argparse.Namespace) -> int:
+    async with GatewayClient(args.target) as client:
+        try:
+            shook = await client.shake(
+                duration_s=args.duration, amplitude=args.amplitude, deadline_s=args.deadline
+            )
+        except grpc.aio.AioRpcError as exc:
+            return _rpc_error(exc)
+    print(f"shaken: {' -> '.join(shook.states)} in {shook.elapsed_ms:.0f} ms via {shook.broker_id}")
     return 0
 
 

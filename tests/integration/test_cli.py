@@ -132,6 +132,20 @@ async def test_cli_detect_reports_errors_with_a_nonzero_exit(broker: MosquittoPr
         assert "FAILED_PRECONDITION" in err and "'idp-err': '-3'" in err
 
 
+async def test_cli_shake(broker: MosquittoProcess) -> None:
+    """`gateway shake` prints the shaker's states; a motion fault exits 1 naming it."""
+    shaker = {"shaker_listens": "ikg/sicbo/B/listens", "shaker_says": "ikg/sicbo/B/says"}
+    async with Stack([broker], "sicbo", **shaker) as s:
+        addr = s.sidecar.address
+        code, out, err = await run(*gateway("shake", "--target", addr, "--duration", "0.1"))
+        assert code == 0, err
+        assert "shaken: S2 -> S1 -> S0" in out and "via b1" in out
+        s.sim.shaker_fault[s.code] = True
+        code, _, err = await run(*gateway("shake", "--target", addr, "--duration", "0.1"))
+        assert code == 1
+        assert "FAILED_PRECONDITION" in err and "'shake-err': 'MOTION_FAULT'" in err
+
+
 @pytest.mark.parametrize(
     ("content", "names"),
     [
