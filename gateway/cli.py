@@ -6,9 +6,8 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import cast
 
 import grpc
 from google.protobuf import json_format
@@ -16,6 +15,7 @@ from google.protobuf import json_format
 from gateway import sim as simulator
 from gateway.app import DEFAULT_LISTEN, serve
 from gateway.client import GatewayClient
+from gateway.client_errors import metadata_pairs
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.telemetry import configure_logging, configure_telemetry, grpc_server_interceptors
@@ -151,11 +151,6 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> int:
     suffix = f" {extra}" if extra else ""
     print(f"error: {code}: {exc.details()}{suffix}", file=sys.stderr)
     return 1
-
-
-def metadata_pairs(metadata: object) -> list[tuple[str, str]]:
-    """(key, value) pairs of gRPC metadata (aio yields plain tuples at run time)."""
-    return [(str(k), str(v)) for k, v in cast(Iterable[tuple[object, object]], metadata or ())]
 
 
 def describe_response(r: pb.DetectResponse) -> str:

@@ -27,7 +27,6 @@ of the wire.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,19 @@ from typing import Any, Final, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.channel import RetryPolicy, channel_options
+from gateway.client_errors import (
+    DetectTimeout,
+    GatewayError,
+    GatewayUnavailable,
+    IdpError,
+    InvalidRound,
+    NotReady,
+    RoundSuperseded,
+    ShakeFailed,
+    error_from_rpc,
+    metadata_pairs,
+)
 from gateway.protocol import BaccaratHand, Result, RouletteNumber, SicBoDice
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
@@ -114,177 +126,6 @@ def result_from_proto(response: pb.DetectResponse) -> Result:
         c = list(response.baccarat.cards)
         return BaccaratHand((c[0], c[1], c[2], c[3], c[4], c[5]))
     raise ValueError(f"DetectResponse for round {response.round_id} carries no result")
-
-
-# --- errors --------------------------------------------------------------------------
-
-
-class GatewayError(grpc.aio.AioRpcError):
-    """A call to the sidecar failed; ``code()`` and ``details()`` say how."""
-
-    def __init__(
-        self,
-        code: grpc.StatusCode,
-        details: str | None,
-        *,
-        target: str = "",
-        trailing_metadata: Any = None,
-        initial_metadata: Any = None,
-        debug_error_string: str | None = None,
-    ) -> None:
-        super().__init__(
-            code,
-            initial_metadata,
-            trailing_metadata,
-            details=details,
-            debug_error_string=debug_error_string,
-        )
-        self.target = target
-        self.metadata = dict(_pairs(trailing_metadata))
-
-    def __str__(self) -> str:
-        details = self.details() or ""
-        where = f" (sidecar {self.target})" if self.target and self.target not in details else ""
-        return f"{self.code().name}{where}: {details}"
-
-
-class InvalidRound(GatewayError):
-    """The request can never succeed as it is (bad round id or stream URL)."""
-
-
-class GatewayUnavailable(GatewayError):
-    """No broker could carry the command, or the sidecar is not reachable; retry later."""
-
-
-class NotReady(GatewayUnavailable):
-    """The sidecar did not report SERVING before ``wait_ready``'s deadline."""
-
-
-class DetectTimeout(GatewayError):
-    """The IDP sent no valid result for the round in time (the details say what was seen)."""
-
-
-class IdpError(GatewayError):
-    """The IDP reported an error for the round.
-
-    ``idp_code`` is the code from the ``idp-err`` trailing metadata (e.g. ``"-3"``) and
-    ``idp_name`` its name from ``idp-err-name`` (e.g. ``"NO_SHAKE"``); "" if absent.
-    """
-
-    @property
-    def idp_code(self) -> str:
-        return self.metadata.get("idp-err", "")
-
-    @property
-    def idp_name(self) -> str:
-        return self.metadata.get("idp-err-name", "")
-
-
-class RoundSuperseded(GatewayError):
-    """A Detect for a newer round on the same table replaced this one."""
-
-
-class ShakeFailed(GatewayError):
-    """A Shake did not complete. ``failure`` is its ``ShakeFailure`` name from the
-    ``shake-err`` trailing metadata: ``MOTION_FAULT`` (the shaker said S90), ``TIMEOUT``
-    (not idle within duration + 7 s), ``NO_SHAKER`` (the table has none), ``BUSY``
-    (another Shake is running)."""
-
-    @property
-    def failure(self) -> str:
-        return self.metadata.get("shake-err", "SHAKE_FAILURE_UNSPECIFIED")
-
-
-_BY_STATUS: Final[dict[grpc.StatusCode, type[GatewayError]]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidRound,
-    grpc.StatusCode.UNAVAILABLE: GatewayUnavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: DetectTimeout,
-    grpc.StatusCode.FAILED_PRECONDITION: IdpError,
-    grpc.StatusCode.ABORTED: RoundSuperseded,
-}
-
-
-def error_from_rpc(exc: grpc.aio.AioRpcError, target: str = "") -> GatewayError:
-    """The ``GatewayError`` subclass for a failed call's status, keeping all its details."""
-    if isinstance(exc, GatewayError):
-        return exc
-    shake = any(k == "shake-err" for k, _ in _pairs(exc.trailing_metadata()))
-    cls = ShakeFailed if shake else _BY_STATUS.get(exc.code(), GatewayError)
-    return cls(
-        exc.code(),
-        exc.details(),
-        target=target,
-        trailing_metadata=exc.trailing_metadata(),
-        initial_metadata=exc.initial_metadata(),
-        debug_error_string=exc.debug_error_string(),
-    )
-
-
-def _pairs(metadata: Any) -> list[tuple[str, str]]:
-    """(key, value) pairs of gRPC metadata (aio yields plain tuples at run time)."""
-    return [(str(k), str(v)) for k, v in (metadata or ())]
-
-
-# --- retries -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How the channel retries a call that failed with UNAVAILABLE.
-
-    gRPC applies it inside the call's deadline, with jitter (each backoff is random in
-    [0, current backoff]). Only UNAVAILABLE is retried; DEADLINE_EXCEEDED never is (the
-    deadline is the caller's budget, and the IDP may still be working on the round).
-
-    Health, GetStats and ``grpc.health.v1.Health`` are always covered. Detect is covered
-    with ``retry_detect``: off by default because the sidecar already tries the table's
-    ``retry_count`` publishes before it answers UNAVAILABLE, and counts every Detect that
-    ends so (``detects_unavailable``); a client retry multiplies both. Turn it on to ride
-    out a sidecar that is restarting or not yet listening.
-    """
-
-    max_attempts: int = 4
-    initial_backoff_s: float = 0.1
-    max_backoff_s: float = 1.0
-    backoff_multiplier: float = 2.0
-    retry_detect: bool = False
-
-    def service_config(self) -> str:
-        """The ``grpc.service_config`` JSON applying this policy.
-
-        Retrying Detect on UNAVAILABLE is safe: the sidecar answers UNAVAILABLE only with
-        ``NoBrokerAvailable`` (``gateway.errors``), raised once no broker acknowledged the
-        detect command after the table's ``retry_count`` publishes (``detect.py``), and
-        gRPC itself answers it when the call never reached the sidecar. At worst an
-        unacknowledged publish did reach the IDP; the retry then asks again for the same
-        round id, and results are matched by round id, so a retry can never return
-        another round's result.
-        """
-        service = pb.DESCRIPTOR.services_by_name["GatewayService"].full_name
-        methods = ["Health", "GetStats", *(["Detect"] if self.retry_detect else [])]
-        names: list[dict[str, str]] = [{"service": service, "method": m} for m in methods]
-        names.append({"service": health_pb2.DESCRIPTOR.services_by_name["Health"].full_name})
-        policy = {
-            "maxAttempts": self.max_attempts,
-            "initialBackoff": f"{self.initial_backoff_s}s",
-            "maxBackoff": f"{self.max_backoff_s}s",
-            "backoffMultiplier": self.backoff_multiplier,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        }
-        return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
-
-
-def channel_options(retry: RetryPolicy) -> list[tuple[str, Any]]:
-    """Channel options: retries on, the policy, and quick reconnects to a local sidecar."""
-    return [
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", retry.service_config()),
-        # The sidecar is on loopback: reconnect soon after it starts listening instead of
-        # after gRPC's default backoff (up to 120 s).
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 1000),
-    ]
 
 
 # --- async client --------------------------------------------------------------------
@@ -484,7 +325,7 @@ class Subscription:
             metadata = await self._call.initial_metadata()
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc, self._client.target) from exc
-        subscribed = dict(_pairs(metadata)).get("subscribed")
+        subscribed = dict(metadata_pairs(metadata)).get("subscribed")
         if subscribed is None:  # the stream ended before confirming: report its status
             code = await self._call.code()
             raise error_from_rpc(
