@@ -1,0 +1,595 @@
+"""The predecessor's ``mqtt.complete_system`` API, served by the sidecar: change an import.
+
+::
+
+    from gateway.compat import CompleteMQTTSystem, Environment, GameType
+
+    system = CompleteMQTTSystem(GameType.SICBO, Environment.PRODUCTION)
+    await system.initialize()
+    ok, dice = await system.detect("SBO-001-20251120-101500")  # (True, [4, 2, 6])
+    await system.cleanup()
+
+Game code keeps its calls and result shapes (SicBo ``[4, 2, 6]``, Roulette ``35``,
+Baccarat ``["KD", "8S", "10H", "AC", "", ""]``); the brokers, failover and round matching
+now live in the sidecar (``gateway.client`` talks to it, ``127.0.0.1:50051`` by default,
+or ``GATEWAY_TARGET``). One deliberate difference: ``detect`` answers ``(False, None)``
+when there is no real result (timeout, IDP error, no broker), where the predecessor
+answered ``(True, <made-up default>)``. ``docs/migration.md`` has every call side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Final
+
+import aiomqtt
+
+from gateway.client import (
+    GatewayClient,
+    GatewayError,
+    GatewayUnavailable,
+    InvalidRound,
+    NotReady,
+    RetryPolicy,
+    Subscription,
+)
+from gateway.legacy import (
+    PROTO_TO_GAME,
+    Environment,
+    GameType,
+    LegacyResult,
+    connection_stats,
+    describe_failure,
+    health_report,
+    legacy_result,
+    parse_payload,
+    topic_matches,
+)
+from gateway.v1 import gateway_pb2 as pb
+
+__all__ = [
+    "CompleteMQTTSystem",
+    "Environment",
+    "GameType",
+    "LegacyResult",
+    "MessageHandler",
+    "NotReady",
+    "WrongSidecar",
+    "connection_stats",
+    "create_complete_baccarat_system",
+    "create_complete_roulette_system",
+    "create_complete_sicbo_system",
+    "health_report",
+    "legacy_result",
+    "parse_payload",
+    "test_broker_connection",
+    "topic_matches",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TARGET: Final = "127.0.0.1:50051"
+TARGET_ENV: Final = "GATEWAY_TARGET"
+RPC_DEADLINE_S: Final = 3.0  # Health, GetStats: local calls, answered in milliseconds
+SETTLE_S: Final = 5.0  # how long initialize() waits for the handlers' subscription
+BACKOFF_INITIAL_S: Final = 0.1
+BACKOFF_MAX_S: Final = 5.0
+RECHECK_S: Final = 30.0  # re-ask for the carried topics while a handler matches none
+
+MessageHandler = Callable[[str, str, Any], object]
+"""``handler(topic, payload, data)``, plain or ``async``: ``payload`` is the decoded text,
+``data`` the parsed JSON or ``{"raw": payload}`` when it is not JSON (as before)."""
+
+
+class WrongSidecar(RuntimeError):
+    """The sidecar at the target serves another game than the system was created for."""
+
+
+# --- the facade ----------------------------------------------------------------------
+
+
+class CompleteMQTTSystem:
+    """The predecessor's system for one table, backed by that table's sidecar.
+
+    The first six arguments are the predecessor's; those that configured brokers or
+    connections are accepted and ignored (the sidecar's configuration, rendered from the
+    GameTable, owns them). ``target`` is the sidecar (``GATEWAY_TARGET``, else
+    ``127.0.0.1:50051``); ``detect_timeout_s`` bounds a detect (None: the table's
+    ``timeout_s`` on the sidecar); ``stats_interval_s`` is how often the numbers behind
+    ``get_connection_stats`` are refreshed.
+    """
+
+    def __init__(
+        self,
+        game_type: GameType | str,
+        environment: Environment | str = Environment.DEVELOPMENT,
+        config_dir: str = "conf",
+        max_connections: int = 5,
+        enable_connection_pooling: bool = True,
+        enable_message_processing: bool = True,
+        *,
+        target: str | None = None,
+        ready_timeout_s: float = 30.0,
+        detect_timeout_s: float | None = None,
+        stats_interval_s: float = 5.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.game_type = GameType(game_type)
+        self.environment = Environment(environment)
+        self.target = target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+        self.ready_timeout_s = ready_timeout_s
+        self.detect_timeout_s = detect_timeout_s
+        self.stats_interval_s = stats_interval_s
+        self.retry = retry
+        self.is_initialized = False
+        self.is_running = False
+        self.table_code = ""
+        # Why the last detect returned (False, None); None after a success.
+        self.last_detect_error: GatewayError | None = None
+        log.debug(
+            "%s system for sidecar %s; ignored (brokers and connections are the sidecar's): "
+            "environment=%s config_dir=%r max_connections=%d connection_pooling=%s "
+            "message_processing=%s",
+            self.game_type.value,
+            self.target,
+            self.environment.value,
+            config_dir,
+            max_connections,
+            enable_connection_pooling,
+            enable_message_processing,
+        )
+        self._client: GatewayClient | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._handlers: list[tuple[str, MessageHandler]] = []
+        self._carried: frozenset[str] = frozenset()  # topics the sidecar offers
+        self._reported: set[str] = set()  # patterns already logged as matching none...
+        self._reported_for: frozenset[str] = frozenset()  # ...of these carried topics
+        self._subscribed: frozenset[str] = frozenset()
+        # Made again by initialize(), on the loop that will use them.
+        self._recheck: asyncio.Event = asyncio.Event()
+        self._settled: asyncio.Event = asyncio.Event()
+        self._stats: pb.StatsResponse | None = None
+        self._stats_error = "not initialized: call initialize() first"
+
+    async def __aenter__(self) -> CompleteMQTTSystem:
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.cleanup()
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def initialize(self) -> bool:
+        """Wait (up to ``ready_timeout_s``) until the sidecar can carry a detect, check it
+        serves this game, and start the handlers' subscription and the statistics.
+
+        Returns True. Raises ``NotReady`` (naming the target and the last status) when
+        the sidecar is not ready in time, ``WrongSidecar`` when it serves another game:
+        as the predecessor raised when it could not connect.
+        """
+        if self._client is not None:
+            return True
+        client = GatewayClient(self.target, default_deadline_s=RPC_DEADLINE_S, retry=self.retry)
+        try:
+            await client.wait_ready(self.ready_timeout_s)
+            health = await client.health()
+            served = PROTO_TO_GAME.get(health.game, "an unknown game")
+            if served != self.game_type.value:
+                raise WrongSidecar(
+                    f"sidecar at {self.target} serves {served} table {health.table_code}, "
+                    f"not {self.game_type.value}: check GATEWAY_TARGET / target="
+                )
+        except BaseException as exc:
+            if isinstance(exc, GatewayError | WrongSidecar):
+                log.error("initialize %s: %s", self.game_type.value, exc)
+            await client.close()
+            raise
+        self._client, self.table_code = client, health.table_code
+        self._recheck, self._settled = asyncio.Event(), asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._run_stats(), name=f"compat-stats {self.target}"),
+            asyncio.create_task(
+                self._run_subscriber(client), name=f"compat-subscribe {self.target}"
+            ),
+        ]
+        await self.refresh_connection_stats()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SETTLE_S):
+                await self._settled.wait()
+        self.is_initialized = self.is_running = True
+        log.info(
+            "%s system ready: sidecar %s, table %s, active broker %s",
+            self.game_type.value,
+            self.target,
+            health.table_code,
+            health.active_broker_id,
+        )
+        return True
+
+    async def cleanup(self) -> None:
+        """Stop the handlers and the statistics and close the connection; idempotent."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+            log.info("%s system for sidecar %s cleaned up", self.game_type.value, self.target)
+        self.is_initialized = self.is_running = False
+        self._subscribed = frozenset()
+        self._stats_error = "not running: cleanup() was called"
+
+    # --- rounds ----------------------------------------------------------------------
+
+    async def detect(
+        self,
+        round_id: str,
+        input_stream: str | None = None,
+        output_stream: str | None = None,
+        *,
+        input: str | None = None,  # the predecessor's Baccarat spelling
+        output: str | None = None,
+    ) -> tuple[bool, LegacyResult | None]:
+        """``(True, result)`` with the IDP's result for exactly this round, else
+        ``(False, None)`` and a log line saying why (never a made-up default).
+
+        Stream URLs default to the table's configured ones; ``input``/``output`` are
+        accepted as the predecessor's other spelling. WARNING: timeout, IDP error (e.g.
+        -3 NO_SHAKE: re-shake), no broker, superseded by a newer round. ERROR: a call that
+        can never succeed (bad round id or URL, not initialized). ``last_detect_error``
+        keeps the exception.
+        """
+        self.last_detect_error = None
+        client = self._client
+        if client is None:
+            log.error("detect round=%r: not initialized: call initialize() first", round_id)
+            return False, None
+        streams = []
+        for old, new in ((input_stream, input), (output_stream, output)):
+            if old and new and old != new:
+                log.error("detect round=%r: two different stream URLs %r, %r", round_id, old, new)
+                return False, None
+            streams.append(old or new or "")
+        try:
+            d = await client.detect(
+                round_id,
+                input_url=streams[0],
+                output_url=streams[1],
+                deadline_s=self.detect_timeout_s,
+            )
+        except GatewayError as exc:
+            self.last_detect_error = exc
+            level = logging.ERROR if isinstance(exc, InvalidRound) else logging.WARNING
+            log.log(level, "detect round=%r: no result, %s", round_id, describe_failure(exc))
+            return False, None
+        except Exception:  # the predecessor never raised from detect; say why, loudly
+            log.exception("detect round=%r failed unexpectedly", round_id)
+            return False, None
+        result = legacy_result(d.result)
+        log.info(
+            "detect round=%s result=%s broker=%s elapsed_ms=%.0f",
+            round_id,
+            result,
+            d.broker_id,
+            d.elapsed_ms,
+        )
+        return True, result
+
+    async def shake(
+        self,
+        *,
+        duration_s: float | None = None,
+        amplitude: float | None = None,
+        pattern: int | None = None,
+        parameter1: int | None = None,
+        parameter2: int | None = None,
+    ) -> tuple[bool, list[str]]:
+        """Shake the SicBo dice: ``(True, states)`` once the shaker is idle again (e.g.
+        ``["S2", "S1", "S0"]``), else ``(False, [])`` and a WARNING saying why."""
+        client = self._client
+        if client is None:
+            log.error("shake: not initialized: call initialize() first")
+            return False, []
+        try:
+            shook = await client.shake(
+                duration_s=duration_s,
+                amplitude=amplitude,
+                pattern=pattern,
+                parameter1=parameter1,
+                parameter2=parameter2,
+                deadline_s=None,
+            )
+        except GatewayError as exc:
+            log.warning("shake: not done, %s", describe_failure(exc))
+            return False, []
+        return True, list(shook.states)
+
+    # --- messages --------------------------------------------------------------------
+
+    def add_message_handler(self, topic: str, handler: MessageHandler) -> None:
+        """Call ``handler(topic, payload, data)`` for each message on ``topic`` (``+``/``#``
+        filters allowed), plain or ``async``, one message at a time in arrival order.
+
+        Only the topics the sidecar carries for the table (the shaker's ``says`` topic and
+        its ``subscribe_topics``) can be handled; a topic matching none of them is logged
+        at ERROR with the list of those carried. A handler that raises is logged; the
+        others and the stream go on.
+        """
+        if not callable(handler):
+            raise TypeError(f"handler for {topic!r} is not callable: {handler!r}")
+        self._handlers.append((topic, handler))
+        if self._client is not None and not any(topic_matches(topic, t) for t in self._carried):
+            self._recheck.set()  # maybe a topic added since: ask the sidecar again
+
+    def remove_message_handler(self, topic: str) -> None:
+        """Forget every handler registered for ``topic``."""
+        self._handlers = [(t, h) for t, h in self._handlers if t != topic]
+
+    @property
+    def subscribed_topics(self) -> frozenset[str]:
+        """The topics the open subscription carries (empty while there is none)."""
+        return self._subscribed
+
+    async def _run_subscriber(self, client: GatewayClient) -> None:
+        """One Subscribe stream of every topic the sidecar carries, handlers matched here;
+        re-opened with capped backoff when it fails or ends (e.g. a sidecar restart)."""
+        backoff = BACKOFF_INITIAL_S
+        while True:
+            self._recheck.clear()
+            try:
+                async with client.subscribe() as stream:
+                    self._carried = self._subscribed = frozenset(stream.topics)
+                    self._report_unmatched()
+                    self._settled.set()
+                    backoff = BACKOFF_INITIAL_S
+                    if await self._pump(stream):
+                        continue  # asked to look again: re-open now
+                    log.warning("subscription to %s ended by the sidecar; re-opening", self.target)
+            except InvalidRound as exc:  # the table carries no extra topic at all
+                self._carried = frozenset()
+                self._report_unmatched(exc.details() or "")
+                self._settled.set()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RECHECK_S if self._handlers else None):
+                        await self._recheck.wait()
+                continue
+            except GatewayError as exc:
+                level = logging.WARNING if self._handlers else logging.DEBUG
+                log.log(
+                    level, "subscription to %s: %s; retrying", self.target, describe_failure(exc)
+                )
+            except Exception:
+                log.exception("subscription to %s failed unexpectedly; retrying", self.target)
+            finally:
+                self._subscribed = frozenset()
+            self._settled.set()
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, BACKOFF_MAX_S)
+
+    async def _pump(self, stream: Subscription) -> bool:
+        """Dispatch messages until the stream ends (False) or a recheck is asked (True)."""
+        recheck = asyncio.ensure_future(self._recheck.wait())
+        read: asyncio.Future[pb.TopicMessage | None] | None = None
+        try:
+            while True:
+                read = asyncio.ensure_future(_next(stream))
+                await asyncio.wait({read, recheck}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    return True
+                message = read.result()
+                if message is None:
+                    return False
+                await self._dispatch(message)
+        finally:
+            for future in (recheck, read):
+                if future is not None and not future.done():
+                    future.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await future
+
+    async def _dispatch(self, message: pb.TopicMessage) -> None:
+        payload = message.payload.decode("utf-8", errors="replace")
+        for pattern, handler in list(self._handlers):
+            if not topic_matches(pattern, message.topic):
+                continue
+            try:
+                outcome = handler(message.topic, payload, parse_payload(payload))
+                if inspect.isawaitable(outcome):
+                    await outcome
+            except Exception:
+                log.exception(
+                    "message handler %r for %r failed on a message on %s",
+                    handler,
+                    pattern,
+                    message.topic,
+                )
+
+    def _report_unmatched(self, why: str = "") -> None:
+        """Log once per pattern (per set of carried topics) a handler that can get nothing."""
+        if self._carried != self._reported_for:
+            self._reported, self._reported_for = set(), self._carried
+        carried = ", ".join(sorted(self._carried)) or "none"
+        for pattern, _ in self._handlers:
+            if pattern in self._reported or any(topic_matches(pattern, t) for t in self._carried):
+                continue
+            self._reported.add(pattern)
+            log.error(
+                "add_message_handler: topic %r is not carried by the sidecar at %s (table %s); "
+                "it carries: %s. Add it to the table's subscribe_topics (or shaker) in the "
+                "sidecar's configuration.%s",
+                pattern,
+                self.target,
+                self.table_code,
+                carried,
+                f" ({why})" if why else "",
+            )
+        self._reported &= {p for p, _ in self._handlers}
+
+    # --- statistics and health -------------------------------------------------------
+
+    def get_connection_stats(self) -> dict[str, Any]:
+        """The broker connections as last seen (refreshed every ``stats_interval_s``, and
+        by ``refresh_connection_stats``): ``total_connections``, ``active_connections``,
+        ``failed_connections``, plus ``brokers``, ``counters``, ``error`` and more."""
+        return connection_stats(self._stats, target=self.target, error=self._stats_error)
+
+    async def refresh_connection_stats(self) -> dict[str, Any]:
+        """Ask the sidecar now and return the fresh ``get_connection_stats()``."""
+        client = self._client
+        if client is not None:
+            try:
+                self._stats, self._stats_error = await client.stats(), ""
+            except GatewayError as exc:
+                self._stats_error = f"sidecar at {self.target} did not answer: {exc}"
+        return self.get_connection_stats()
+
+    async def _run_stats(self) -> None:
+        while True:
+            await asyncio.sleep(self.stats_interval_s)
+            await self.refresh_connection_stats()
+
+    async def check_health(self) -> dict[str, Any]:
+        """``status`` ("healthy", "degraded", "unhealthy") and ``issues`` from the
+        sidecar's Health, plus its brokers; an unreachable sidecar is "unhealthy"."""
+        client = self._client
+        if client is None:
+            error = "not initialized: call initialize() first"
+            return health_report(None, target=self.target, game=self.game_type, error=error)
+        try:
+            health = await client.health()
+        except GatewayError as exc:
+            what = "unreachable" if isinstance(exc, GatewayUnavailable) else "did not answer"
+            error = f"sidecar at {self.target} {what}: {exc.code().name}: {exc.details()}"
+            return health_report(None, target=self.target, game=self.game_type, error=error)
+        return health_report(health, target=self.target, game=self.game_type)
+
+    def get_system_status(self) -> dict[str, Any]:
+        """What this system is and where it stands, synchronously (as the predecessor had)."""
+        return {
+            "game_type": self.game_type.value,
+            "environment": self.environment.value,
+            "is_initialized": self.is_initialized,
+            "is_running": self.is_running,
+            "sidecar": self.target,
+            "table_code": self.table_code,
+            "subscribed_topics": sorted(self._subscribed),
+            "message_handlers": len(self._handlers),
+            "connection_stats": self.get_connection_stats(),
+        }
+
+    async def test_broker_connection(self, host: str, port: int, **kwargs: Any) -> bool:
+        """See the module-level ``test_broker_connection``."""
+        return await test_broker_connection(host, port, **kwargs)
+
+
+async def _next(stream: Subscription) -> pb.TopicMessage | None:
+    """The stream's next message, None at its end (a future cannot hold StopAsyncIteration)."""
+    try:
+        return await stream.__anext__()
+    except StopAsyncIteration:
+        return None
+
+
+async def test_broker_connection(
+    host: str,
+    port: int,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+    timeout_s: float = 3.0,
+) -> bool:
+    """True if the MQTT broker at ``host:port`` accepts a connection (CONNACK) within
+    ``timeout_s``: a real MQTT connect with TCP_NODELAY, then a clean disconnect."""
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            aiomqtt.Client(
+                host,
+                port,
+                username=username,
+                password=password,
+                timeout=timeout_s,
+                socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            ),
+        ):
+            return True
+    except (aiomqtt.MqttError, OSError, TimeoutError) as exc:
+        log.info(
+            "broker %s:%s does not accept a connection: %s", host, port, exc or type(exc).__name__
+        )
+        return False
+
+
+test_broker_connection.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+
+async def _create(
+    game: GameType,
+    environment: Environment | str,
+    pooling: bool,
+    processing: bool,
+    target: str | None,
+) -> CompleteMQTTSystem:
+    system = CompleteMQTTSystem(
+        game,
+        environment,
+        enable_connection_pooling=pooling,
+        enable_message_processing=processing,
+        target=target,
+    )
+    await system.initialize()
+    return system
+
+
+async def create_complete_sicbo_system(
+    environment: Environment | str = Environment.DEVELOPMENT,
+    enable_connection_pooling: bool = True,
+    enable_message_processing: bool = True,
+    *,
+    target: str | None = None,
+) -> CompleteMQTTSystem:
+    """An initialized SicBo system (the predecessor's shortcut)."""
+    return await _create(
+        GameType.SICBO, environment, enable_connection_pooling, enable_message_processing, target
+    )
+
+
+async def create_complete_baccarat_system(
+    environment: Environment | str = Environment.DEVELOPMENT,
+    enable_connection_pooling: bool = True,
+    enable_message_processing: bool = True,
+    *,
+    target: str | None = None,
+) -> CompleteMQTTSystem:
+    """An initialized Baccarat system (the predecessor's shortcut)."""
+    return await _create(
+        GameType.BACCARAT, environment, enable_connection_pooling, enable_message_processing, target
+    )
+
+
+async def create_complete_roulette_system(
+    environment: Environment | str = Environment.DEVELOPMENT,
+    enable_connection_pooling: bool = True,
+    enable_message_processing: bool = True,
+    *,
+    target: str | None = None,
+) -> CompleteMQTTSystem:
+    """An initialized Roulette system (the predecessor's shortcut)."""
+    return await _create(
+        GameType.ROULETTE, environment, enable_connection_pooling, enable_message_processing, target
+    )

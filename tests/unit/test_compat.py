@@ -1,0 +1,234 @@
+"""The compatibility facade's pure mappings: result shapes, statistics, health; no I/O."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+import pytest
+
+from gateway.client import (
+    BaccaratHand,
+    DetectTimeout,
+    IdpError,
+    RouletteNumber,
+    SicBoDice,
+)
+from gateway.compat import (
+    DEFAULT_TARGET,
+    CompleteMQTTSystem,
+    Environment,
+    GameType,
+    connection_stats,
+    describe_failure,
+    health_report,
+    legacy_result,
+    parse_payload,
+    topic_matches,
+)
+from gateway.v1 import gateway_pb2 as pb
+
+TARGET = "127.0.0.1:50051"
+
+
+def test_enums_keep_the_predecessors_values() -> None:
+    """GameType and Environment carry the predecessor's spellings."""
+    assert [g.value for g in GameType] == ["sicbo", "baccarat", "roulette"]
+    assert [e.value for e in Environment] == ["development", "staging", "production"]
+    assert GameType("roulette") is GameType.ROULETTE
+
+
+@pytest.mark.parametrize(
+    ("result", "old"),
+    [
+        (SicBoDice((4, 2, 6)), [4, 2, 6]),
+        (RouletteNumber(35), 35),
+        (RouletteNumber(0), 0),
+        (BaccaratHand(("KD", "8S", "10H", "AC", "", "")), ["KD", "8S", "10H", "AC", "", ""]),
+    ],
+)
+def test_results_take_the_predecessors_shapes(result: object, old: object) -> None:
+    """SicBo a list of 3 ints, Roulette an int, Baccarat a list of 6 strings."""
+    converted = legacy_result(result)  # type: ignore[arg-type]  # each Result member
+    assert converted == old and type(converted) is type(old)
+
+
+def test_payload_data_is_json_or_the_raw_text() -> None:
+    """A handler's data is the parsed JSON, or {"raw": text} as the predecessor gave."""
+    assert parse_payload('{"msg": "last call"}') == {"msg": "last call"}
+    assert parse_payload("S0") == {"raw": "S0"}
+    assert parse_payload("7") == 7
+
+
+@pytest.mark.parametrize(
+    ("pattern", "topic", "matches"),
+    [
+        ("ikg/sicbo/Billy-III/says", "ikg/sicbo/Billy-III/says", True),
+        ("ikg/sicbo/+/says", "ikg/sicbo/Billy-III/says", True),
+        ("ikg/sicbo/#", "ikg/sicbo/Billy-III/says", True),
+        ("ikg/sicbo/#", "ikg/sicbo", True),
+        ("#", "studio/SBO-001/announcements", True),
+        ("ikg/sicbo/+", "ikg/sicbo/Billy-III/says", False),
+        ("ikg/sicbo/Billy-III/says", "ikg/sicbo/Billy-III/listens", False),
+        ("ikg/sicbo/Billy-III/says/x", "ikg/sicbo/Billy-III/says", False),
+    ],
+)
+def test_topic_filters_match_as_mqtt_does(pattern: str, topic: str, matches: bool) -> None:
+    """Handler topics are MQTT filters: + one level, a trailing # the rest."""
+    assert topic_matches(pattern, topic) is matches
+
+
+def test_failure_description_names_class_status_and_idp_code() -> None:
+    """A failed detect's log text names the error class, gRPC status, IDP code, details."""
+    meta = (("idp-err", "-3"), ("idp-err-name", "NO_SHAKE"))
+    idp = IdpError(
+        grpc.StatusCode.FAILED_PRECONDITION, "IDP said -3", target=TARGET, trailing_metadata=meta
+    )
+    assert describe_failure(idp) == (
+        f"IdpError (FAILED_PRECONDITION, idp err -3 NO_SHAKE) from sidecar {TARGET}: IDP said -3"
+    )
+    late = DetectTimeout(grpc.StatusCode.DEADLINE_EXCEEDED, "no result", target=TARGET)
+    assert describe_failure(late) == (
+        f"DetectTimeout (DEADLINE_EXCEEDED) from sidecar {TARGET}: no result"
+    )
+
+
+def _stats(*connected: bool) -> pb.StatsResponse:
+    local = pb.SidecarStats(
+        table_code="SBO-001",
+        active_broker_id="b1",
+        updated_unix=1700000000.0,
+        counters=pb.Counters(detects_ok=5, detects_timed_out=1),
+        brokers=[
+            pb.BrokerStats(id=f"b{i + 1}", connected=c, last_error="" if c else "refused")
+            for i, c in enumerate(connected)
+        ],
+    )
+    return pb.StatsResponse(local=local)
+
+
+def test_connection_stats_count_one_connection_per_broker() -> None:
+    """total = brokers, active = connected ones, failed = the rest; extras alongside."""
+    stats = connection_stats(_stats(True, False), target=TARGET)
+    assert (stats["total_connections"], stats["active_connections"]) == (2, 1)
+    assert stats["failed_connections"] == 1
+    assert stats["brokers"]["b2"] == {
+        "connected": False, "connects": 0, "disconnects": 0, "publishes_ok": 0,
+        "publishes_failed": 0, "probe_rtt_ms": 0.0, "last_error": "refused",
+    }  # fmt: skip
+    assert stats["counters"]["detects_ok"] == 5 and stats["counters"]["detects_timed_out"] == 1
+    assert (stats["active_broker"], stats["table_code"]) == ("b1", "SBO-001")
+    assert stats["sidecar_reachable"] is True and stats["error"] == ""
+
+
+def test_connection_stats_without_a_sidecar_count_nothing_active() -> None:
+    """Not initialized, or the last refresh failed: nothing active, the error said."""
+    empty = connection_stats(None, target=TARGET, error="not initialized")
+    assert (empty["total_connections"], empty["active_connections"]) == (0, 0)
+    assert empty["sidecar_reachable"] is False and empty["error"] == "not initialized"
+    stale = connection_stats(_stats(True, True), target=TARGET, error="did not answer")
+    assert (stale["total_connections"], stale["active_connections"]) == (2, 0)
+    assert stale["failed_connections"] == 2
+
+
+def _health(status: int, *down: str, game: int = pb.GAME_SICBO, **kw: str) -> pb.HealthResponse:
+    brokers = [
+        pb.BrokerHealth(
+            id=b, host="10.0.0.9", port=1883, connected=b not in down,
+            state=pb.BROKER_STATE_DOWN if b in down else pb.BROKER_STATE_READY,
+            last_error="connection refused" if b in down else "", active=b == "b1",
+        )
+        for b in ("b1", "b2")
+    ]  # fmt: skip
+    return pb.HealthResponse(
+        status=status,  # type: ignore[arg-type]  # a HealthResponse.Status value
+        reason=kw.get("reason", "active b1 (epoch 0): preferred"),
+        table_code="SBO-001",
+        game=game,  # type: ignore[arg-type]  # a Game value
+        active_broker_id="b1",
+        brokers=brokers,
+        config_error=kw.get("config_error", ""),
+    )
+
+
+def test_serving_is_healthy_without_issues() -> None:
+    """SERVING with every broker up: healthy, no issues, brokers listed."""
+    report = health_report(_health(pb.HealthResponse.SERVING), target=TARGET, game=GameType.SICBO)
+    assert (report["status"], report["issues"]) == ("healthy", [])
+    assert [b["id"] for b in report["brokers"]] == ["b1", "b2"]
+    assert report["brokers"][0]["state"] == "READY" and report["active_broker"] == "b1"
+
+
+def test_degraded_names_the_broker_down_and_why() -> None:
+    """DEGRADED: the sidecar's reason, then each broker down with its last error."""
+    h = _health(pb.HealthResponse.DEGRADED, "b2", reason="active b1; not ready: b2 DOWN")
+    report = health_report(h, target=TARGET, game=GameType.SICBO)
+    assert report["status"] == "degraded"
+    assert report["issues"] == [
+        "sidecar: active b1; not ready: b2 DOWN",
+        "broker b2 (10.0.0.9:1883) DOWN: connection refused",
+    ]
+
+
+def test_not_serving_is_unhealthy() -> None:
+    """NOT_SERVING (no broker can carry a detect) is unhealthy."""
+    h = _health(pb.HealthResponse.NOT_SERVING, "b1", "b2", reason="no broker is ready")
+    report = health_report(h, target=TARGET, game=GameType.SICBO)
+    assert report["status"] == "unhealthy" and report["issues"][0] == "sidecar: no broker is ready"
+    assert len(report["issues"]) == 3
+
+
+def test_refused_configuration_change_degrades() -> None:
+    """A configuration change the sidecar did not apply is an issue, and degraded."""
+    h = _health(pb.HealthResponse.SERVING, config_error="brokers[0].port: must be 1-65535")
+    report = health_report(h, target=TARGET, game=GameType.SICBO)
+    assert report["status"] == "degraded"
+    assert report["issues"] == [
+        "configuration change not applied: brokers[0].port: must be 1-65535"
+    ]
+
+
+def test_another_games_sidecar_is_unhealthy() -> None:
+    """A sidecar serving another game is unhealthy, naming what it serves."""
+    h = _health(pb.HealthResponse.SERVING, game=pb.GAME_BACCARAT)
+    report = health_report(h, target=TARGET, game=GameType.SICBO)
+    assert report["status"] == "unhealthy" and report["game"] == "baccarat"
+    assert report["issues"] == [f"sidecar at {TARGET} serves baccarat table SBO-001, not sicbo"]
+
+
+def test_no_health_answer_is_unhealthy_with_the_reason() -> None:
+    """No Health answer: unhealthy, the one issue saying why."""
+    report = health_report(None, target=TARGET, game=GameType.ROULETTE, error="unreachable")
+    assert (report["status"], report["issues"]) == ("unhealthy", ["unreachable"])
+
+
+def test_target_comes_from_argument_then_environment_then_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """target= wins over GATEWAY_TARGET, which wins over 127.0.0.1:50051."""
+    monkeypatch.delenv("GATEWAY_TARGET", raising=False)
+    assert CompleteMQTTSystem(GameType.SICBO).target == DEFAULT_TARGET == TARGET
+    monkeypatch.setenv("GATEWAY_TARGET", "127.0.0.1:6000")
+    assert CompleteMQTTSystem(GameType.SICBO).target == "127.0.0.1:6000"
+    assert CompleteMQTTSystem(GameType.SICBO, target="10.0.0.1:1").target == "10.0.0.1:1"
+
+
+def test_predecessor_arguments_are_accepted_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    """The predecessor's positional arguments still work; the broker ones are only logged."""
+    caplog.set_level(logging.DEBUG, logger="gateway.compat")
+    system = CompleteMQTTSystem("baccarat", "staging", "conf", 10, False, False)
+    assert (system.game_type, system.environment) == (GameType.BACCARAT, Environment.STAGING)
+    assert system.is_initialized is False and system.is_running is False
+    assert "max_connections=10" in caplog.text and "ignored" in caplog.text
+
+
+async def test_calls_before_initialize_fail_softly(caplog: pytest.LogCaptureFixture) -> None:
+    """Before initialize: detect (False, None) with an ERROR, health unhealthy, stats zero."""
+    system = CompleteMQTTSystem(GameType.ROULETTE)
+    with caplog.at_level(logging.ERROR, logger="gateway.compat"):
+        assert await system.detect("ARO-001-early") == (False, None)
+    assert "call initialize() first" in caplog.text
+    health = await system.check_health()
+    assert health["status"] == "unhealthy" and "initialize" in health["issues"][0]
+    assert system.get_connection_stats()["total_connections"] == 0
+    await system.cleanup()  # nothing to clean: fine
