@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
-import random
 import socket
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final
 
@@ -39,7 +36,6 @@ from gateway.client import (
     InvalidRound,
     NotReady,
     RetryPolicy,
-    Subscription,
 )
 from gateway.legacy import (
     PROTO_TO_GAME,
@@ -53,6 +49,7 @@ from gateway.legacy import (
     parse_payload,
     topic_matches,
 )
+from gateway.message_handlers import MessageHandler, MessageHandlers
 from gateway.v1 import gateway_pb2 as pb
 
 __all__ = [
@@ -80,13 +77,6 @@ DEFAULT_TARGET: Final = "127.0.0.1:50051"
 TARGET_ENV: Final = "GATEWAY_TARGET"
 RPC_DEADLINE_S: Final = 3.0  # Health, GetStats: local calls, answered in milliseconds
 SETTLE_S: Final = 5.0  # how long initialize() waits for the handlers' subscription
-BACKOFF_INITIAL_S: Final = 0.1
-BACKOFF_MAX_S: Final = 5.0
-RECHECK_S: Final = 30.0  # re-ask for the carried topics while a handler matches none
-
-MessageHandler = Callable[[str, str, Any], object]
-"""``handler(topic, payload, data)``, plain or ``async``: ``payload`` is the decoded text,
-``data`` the parsed JSON or ``{"raw": payload}`` when it is not JSON (as before)."""
 
 
 class WrongSidecar(RuntimeError):
@@ -148,14 +138,7 @@ class CompleteMQTTSystem:
         )
         self._client: GatewayClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._handlers: list[tuple[str, MessageHandler]] = []
-        self._carried: frozenset[str] = frozenset()  # topics the sidecar offers
-        self._reported: set[str] = set()  # patterns already logged as matching none...
-        self._reported_for: frozenset[str] = frozenset()  # ...of these carried topics
-        self._subscribed: frozenset[str] = frozenset()
-        # Made again by initialize(), on the loop that will use them.
-        self._recheck: asyncio.Event = asyncio.Event()
-        self._settled: asyncio.Event = asyncio.Event()
+        self._messages = MessageHandlers(self.target)
         self._stats: pb.StatsResponse | None = None
         self._stats_error = "not initialized: call initialize() first"
 
@@ -199,17 +182,15 @@ class CompleteMQTTSystem:
             await client.close()
             raise
         self._client, self.table_code = client, health.table_code
-        self._recheck, self._settled = asyncio.Event(), asyncio.Event()
+        self._messages.start(health.table_code)
         self._tasks = [
             asyncio.create_task(self._run_stats(), name=f"compat-stats {self.target}"),
-            asyncio.create_task(
-                self._run_subscriber(client), name=f"compat-subscribe {self.target}"
-            ),
+            asyncio.create_task(self._messages.run(client), name=f"compat-subscribe {self.target}"),
         ]
         await self.refresh_connection_stats()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SETTLE_S):
-                await self._settled.wait()
+                await self._messages.settled.wait()
         self.is_initialized = self.is_running = True
         log.info(
             "%s system ready: sidecar %s, table %s, active broker %s",
@@ -231,7 +212,7 @@ class CompleteMQTTSystem:
             await client.close()
             log.info("%s system for sidecar %s cleaned up", self.game_type.value, self.target)
         self.is_initialized = self.is_running = False
-        self._subscribed = frozenset()
+        self._messages.stop()
         self._stats_error = "not running: cleanup() was called"
 
     # --- rounds ----------------------------------------------------------------------
@@ -330,115 +311,16 @@ class CompleteMQTTSystem:
         at ERROR with the list of those carried. A handler that raises is logged; the
         others and the stream go on.
         """
-        if not callable(handler):
-            raise TypeError(f"handler for {topic!r} is not callable: {handler!r}")
-        self._handlers.append((topic, handler))
-        if self._client is not None and not any(topic_matches(topic, t) for t in self._carried):
-            self._recheck.set()  # maybe a topic added since: ask the sidecar again
+        self._messages.add(topic, handler)
 
     def remove_message_handler(self, topic: str) -> None:
         """Forget every handler registered for ``topic``."""
-        self._handlers = [(t, h) for t, h in self._handlers if t != topic]
+        self._messages.remove(topic)
 
     @property
     def subscribed_topics(self) -> frozenset[str]:
         """The topics the open subscription carries (empty while there is none)."""
-        return self._subscribed
-
-    async def _run_subscriber(self, client: GatewayClient) -> None:
-        """One Subscribe stream of every topic the sidecar carries, handlers matched here;
-        re-opened with capped backoff when it fails or ends (e.g. a sidecar restart)."""
-        backoff = BACKOFF_INITIAL_S
-        while True:
-            self._recheck.clear()
-            try:
-                async with client.subscribe() as stream:
-                    self._carried = self._subscribed = frozenset(stream.topics)
-                    self._report_unmatched()
-                    self._settled.set()
-                    backoff = BACKOFF_INITIAL_S
-                    if await self._pump(stream):
-                        continue  # asked to look again: re-open now
-                    log.warning("subscription to %s ended by the sidecar; re-opening", self.target)
-            except InvalidRound as exc:  # the table carries no extra topic at all
-                self._carried = frozenset()
-                self._report_unmatched(exc.details() or "")
-                self._settled.set()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(RECHECK_S if self._handlers else None):
-                        await self._recheck.wait()
-                continue
-            except GatewayError as exc:
-                level = logging.WARNING if self._handlers else logging.DEBUG
-                log.log(
-                    level, "subscription to %s: %s; retrying", self.target, describe_failure(exc)
-                )
-            except Exception:
-                log.exception("subscription to %s failed unexpectedly; retrying", self.target)
-            finally:
-                self._subscribed = frozenset()
-            self._settled.set()
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
-
-    async def _pump(self, stream: Subscription) -> bool:
-        """Dispatch messages until the stream ends (False) or a recheck is asked (True)."""
-        recheck = asyncio.ensure_future(self._recheck.wait())
-        read: asyncio.Future[pb.TopicMessage | None] | None = None
-        try:
-            while True:
-                read = asyncio.ensure_future(_next(stream))
-                await asyncio.wait({read, recheck}, return_when=asyncio.FIRST_COMPLETED)
-                if not read.done():
-                    return True
-                message = read.result()
-                if message is None:
-                    return False
-                await self._dispatch(message)
-        finally:
-            for future in (recheck, read):
-                if future is not None and not future.done():
-                    future.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await future
-
-    async def _dispatch(self, message: pb.TopicMessage) -> None:
-        payload = message.payload.decode("utf-8", errors="replace")
-        for pattern, handler in list(self._handlers):
-            if not topic_matches(pattern, message.topic):
-                continue
-            try:
-                outcome = handler(message.topic, payload, parse_payload(payload))
-                if inspect.isawaitable(outcome):
-                    await outcome
-            except Exception:
-                log.exception(
-                    "message handler %r for %r failed on a message on %s",
-                    handler,
-                    pattern,
-                    message.topic,
-                )
-
-    def _report_unmatched(self, why: str = "") -> None:
-        """Log once per pattern (per set of carried topics) a handler that can get nothing."""
-        if self._carried != self._reported_for:
-            self._reported, self._reported_for = set(), self._carried
-        carried = ", ".join(sorted(self._carried)) or "none"
-        for pattern, _ in self._handlers:
-            if pattern in self._reported or any(topic_matches(pattern, t) for t in self._carried):
-                continue
-            self._reported.add(pattern)
-            log.error(
-                "add_message_handler: topic %r is not carried by the sidecar at %s (table %s); "
-                "it carries: %s. Add it to the table's subscribe_topics (or shaker) in the "
-                "sidecar's configuration.%s",
-                pattern,
-                self.target,
-                self.table_code,
-                carried,
-                f" ({why})" if why else "",
-            )
-        self._reported &= {p for p, _ in self._handlers}
+        return self._messages.subscribed
 
     # --- statistics and health -------------------------------------------------------
 
@@ -487,22 +369,14 @@ class CompleteMQTTSystem:
             "is_running": self.is_running,
             "sidecar": self.target,
             "table_code": self.table_code,
-            "subscribed_topics": sorted(self._subscribed),
-            "message_handlers": len(self._handlers),
+            "subscribed_topics": sorted(self._messages.subscribed),
+            "message_handlers": len(self._messages.handlers),
             "connection_stats": self.get_connection_stats(),
         }
 
     async def test_broker_connection(self, host: str, port: int, **kwargs: Any) -> bool:
         """See the module-level ``test_broker_connection``."""
         return await test_broker_connection(host, port, **kwargs)
-
-
-async def _next(stream: Subscription) -> pb.TopicMessage | None:
-    """The stream's next message, None at its end (a future cannot hold StopAsyncIteration)."""
-    try:
-        return await stream.__anext__()
-    except StopAsyncIteration:
-        return None
 
 
 async def test_broker_connection(
