@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from gametable_operator.render import InvalidGameTable, render_configmap
+from gametable_operator.render import InvalidGameTable, render_config, render_configmap
 from gametable_operator.settings import from_env
 from gametable_operator.webhook import inject
 from gateway.config import ConfigError
@@ -118,7 +118,7 @@ def _sidecar(path: Path) -> int:
         print(f"gateway-operator: bad settings: {exc}", file=sys.stderr)
         return 2
     try:
-        render_configmap({**gametable, "metadata": {**gametable["metadata"], "uid": "-"}})
+        render_config(gametable)  # the same validation the operator applies
     except (InvalidGameTable, TypeError, KeyError) as exc:
         return _fail(f"{path}: {exc}")
     pod = inject({"spec": {"containers": []}}, gametable, defaults)

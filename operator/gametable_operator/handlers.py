@@ -19,7 +19,13 @@ from gametable_operator import settings as settings_mod
 from gametable_operator import status as st
 from gametable_operator import webhook
 from gametable_operator.kube import ApiError, KubeApi
-from gametable_operator.render import GROUP, VERSION, InvalidGameTable, render_configmap
+from gametable_operator.render import (
+    GROUP,
+    VERSION,
+    InvalidGameTable,
+    render_config,
+    render_configmap,
+)
 from gateway.config import ConfigError, RedisConfig
 from gateway.store import connect
 
@@ -256,7 +262,7 @@ def inject_sidecar(
         raise kopf.AdmissionError(f"{where} does not exist; create it first", code=400)
     gametable = found[0]
     try:
-        render_configmap({**gametable, "metadata": {**gametable["metadata"], "uid": "-"}})
+        render_config(gametable)  # the same validation the operator applies
         pod = webhook.inject(body, gametable, runtime.settings.sidecar)
     except (InvalidGameTable, webhook.CannotInject) as exc:
         raise kopf.AdmissionError(f"{where}: {exc}", code=400) from exc

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as redis
@@ -52,7 +52,6 @@ class Condition:
     status: str  # "True", "False", "Unknown"
     reason: str
     message: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 async def observe(client: redis.Redis | None, gametable: Mapping[str, Any]) -> Observed:
