@@ -17,7 +17,14 @@ from opentelemetry import metrics
 
 from gateway.brokers import BrokerPool
 from gateway.config import TableConfig
-from gateway.errors import InvalidRequest, ShakeBusy, ShakeError, ShakeFault, ShakeTimeout
+from gateway.errors import (
+    InvalidRequest,
+    ShakeBusy,
+    ShakeError,
+    ShakeFault,
+    ShakeTimeout,
+    Unavailable,
+)
 from gateway.topics import TopicHub
 
 log = logging.getLogger(__name__)
@@ -110,8 +117,7 @@ class Shaker:
             budget = params.budget_s if limit_s is None else min(params.budget_s, limit_s)
             try:
                 async with asyncio.timeout(budget):
-                    while True:
-                        message = await states_heard.get()
+                    async for message in states_heard:
                         state = message.payload.decode("utf-8", "replace").strip()
                         states.append(state)
                         if state == "S90":
@@ -122,6 +128,8 @@ class Shaker:
                             )
                         if state == "S0" and STARTED & set(states):
                             break
+                    else:  # the hub closed: the sidecar is stopping
+                        raise Unavailable(f"sidecar stopping during the shake of {says}")
             except TimeoutError:
                 last = states[-1] if states else "nothing"
                 raise ShakeTimeout(
