@@ -83,6 +83,9 @@ class TableConfig:
     subscribe_topics: tuple[str, ...] = ()
     # Carry the W3C trace context inside the detect command (off: the devices are not ours).
     trace_context_in_command: bool = False
+    # Baccarat: a hand is final only by the punto banco tableau (off for variants that
+    # deal differently; then the first frame with the four first cards is the answer).
+    baccarat_tableau: bool = True
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,7 @@ def dump_config(config: GatewayConfig) -> dict[str, Any]:
         "retry_count": t.retry_count,
         "retry_delay_s": t.retry_delay_s,
         "trace_context_in_command": t.trace_context_in_command,
+        "baccarat_tableau": t.baccarat_tableau,
     }
     for key, value in (
         ("shaker_listens", t.shaker_listens),
@@ -239,6 +243,7 @@ def _parse_v1(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
         output_url=t.opt_string("output"),
         subscribe_topics=t.strings("subscribe_topics"),
         trace_context_in_command=t.boolean("trace_context_in_command", False),
+        baccarat_tableau=t.boolean("baccarat_tableau", True),
     )
     t.done()
     brokers = tuple(_broker_v1(b, env) for b in top.sections("brokers"))

@@ -41,6 +41,7 @@ _SPEC_PATHS = (
     ("table.timeout_s", "spec.detect.timeoutSeconds"),
     ("table.retry_count", "spec.detect.retryCount"),
     ("table.retry_delay_s", "spec.detect.retryDelaySeconds"),
+    ("table.baccarat_tableau", "spec.detect.baccaratTableau"),
     ("table.input", "spec.streams.input"),
     ("table.output", "spec.streams.output"),
     ("redis.key_prefix", "spec.redis.keyPrefix"),
@@ -143,6 +144,7 @@ def _document(gametable: Mapping[str, Any]) -> dict[str, Any]:
         ("timeoutSeconds", "timeout_s"),
         ("retryCount", "retry_count"),
         ("retryDelaySeconds", "retry_delay_s"),
+        ("baccaratTableau", "baccarat_tableau"),
     ):
         if detect.get(key) is not None:
             table[field] = detect[key]
