@@ -3,7 +3,9 @@
 ``Sidecar`` is an async context manager so tests and the demo run the real thing
 in-process; ``serve`` wraps it for the ``gateway serve`` command with signal handling.
 Shutdown order: health goes NOT_SERVING, the gRPC server drains in-flight calls, then
-the round desk and the broker links stop. A crashed loop ends the process non-zero.
+the round desk and the broker links stop. Every loop runs under one ``Supervisor``: a loop
+that fails is restarted with backoff and shown in Health, never the process; the process
+ends only for a bad config at start, a signal, or a listener that cannot bind.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,7 @@ from gateway.reload import ConfigReloader
 from gateway.service import SERVICE_NAME, GatewayService, overall_status
 from gateway.shaker import Shaker
 from gateway.stats import SidecarStats, StatsWriter, read_fleet, take_snapshot
+from gateway.supervise import Drops, Supervisor
 from gateway.topics import TopicHub
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -79,6 +82,9 @@ class Sidecar:
         self._health_listen = health_listen
         self._interceptors = list(interceptors)
         self.store: redis.Redis | None = None
+        labels = {"table": config.table.code}
+        self.drops = Drops(labels)
+        self.supervisor = Supervisor(labels=labels)
         shared = None
         if elector is None and config.redis.url:
             # Imported here: redis-py is only loaded by sidecars that use a shared store.
@@ -86,7 +92,7 @@ class Sidecar:
             from gateway.shared_record import SharedElector
 
             self.store = store.connect(config.redis)
-            elector = shared = SharedElector(config, self.instance_id, self.store)
+            elector = shared = SharedElector(config, self.instance_id, self.store, drops=self.drops)
         self.elector = elector or LocalElector(config.timings)
         # The pool and the desk refer to each other: frames flow pool -> desk, commands
         # desk -> pool, and the elector must know whether a round is in flight.
@@ -100,9 +106,13 @@ class Sidecar:
             elector=self.elector,
             on_message=self._route,
             busy=lambda: self.desk.busy,
+            drops=self.drops,
+            supervisor=self.supervisor,
         )
-        self.desk = RoundDesk(config.table, self.pool, on_busy_change=self.pool.busy_changed)
-        self.shaker = Shaker(config.table, self.pool, self.hub)
+        self.desk = RoundDesk(
+            config.table, self.pool, on_busy_change=self.pool.busy_changed, drops=self.drops
+        )
+        self.shaker = Shaker(config.table, self.pool, self.hub, drops=self.drops)
         self.elector.add_listener(self.desk.on_decision)
         self.elector.add_listener(self._count_switch)
         self._observe()
@@ -117,10 +127,12 @@ class Sidecar:
                 interval_s=config.redis.stats_interval_s,
                 ttl_s=config.redis.stats_ttl_s,
                 on_error=shared.on_store_error,
+                drops=self.drops,
             )
+            drops = self.drops
 
             async def fleet() -> list[SidecarStats]:
-                return await read_fleet(client, keys)
+                return await read_fleet(client, keys, drops)
 
         self.service = GatewayService(
             config,
@@ -131,6 +143,8 @@ class Sidecar:
             fleet,
             shaker=self.shaker,
             hub=self.hub,
+            drops=self.drops,
+            supervisor=self.supervisor,
         )
         self.reloader: ConfigReloader | None = None
         if config_path is not None:
@@ -140,6 +154,7 @@ class Sidecar:
                 apply=self._apply_config,
                 wait_idle=self.desk.wait_idle,
                 adjust=config_adjust or (lambda c: c),
+                drops=self.drops,
             )
             reloader = self.reloader
             self.service.config_error = lambda: reloader.last_error
@@ -232,9 +247,7 @@ class Sidecar:
             return [Observation(self.pool.decision().epoch, {"table": table})]
 
         def degraded(options: CallbackOptions) -> list[Observation]:
-            overall = overall_status(
-                self.pool.statuses(), self.pool.decision(), self.elector.status().problems
-            )
+            overall = overall_status(self.pool.statuses(), self.pool.decision(), self.problems())
             is_degraded = overall.status == gateway_pb2.HealthResponse.DEGRADED
             return [Observation(int(is_degraded), {"table": table})]
 
@@ -248,6 +261,10 @@ class Sidecar:
         meter.create_observable_gauge(
             "gateway.degraded", [degraded], description="1 while Health reports DEGRADED"
         )
+
+    def problems(self) -> tuple[str, ...]:
+        """Reasons to report DEGRADED beyond the brokers: the election, failed loops."""
+        return (*self.elector.status().problems, *self.supervisor.problems())
 
     def _route(self, broker: str, topic: str, payload: bytes) -> None:
         """The IDP's responses go to the round desk; the extra topics to their listeners."""
@@ -281,23 +298,25 @@ class Sidecar:
         return f"{host}:{self.port}"
 
     async def _run(self) -> None:
+        loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("broker-pool", self.pool.run),
+            ("round-desk", self.desk.run),
+            ("health", self._health_loop),
+        ]
+        if self.stats_writer is not None:
+            loops.append(("stats", self.stats_writer.run))
+        if self.reloader is not None:
+            loops.append(("config-reload", self.reloader.run))
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.pool.run(), name="broker-pool")
-            tasks.create_task(self.desk.run(), name="round-desk")
-            tasks.create_task(self._health_loop(), name="health")
-            if self.stats_writer is not None:
-                tasks.create_task(self.stats_writer.run(), name="stats")
-            if self.reloader is not None:
-                tasks.create_task(self.reloader.run(), name="config-reload")
+            for name, body in loops:
+                tasks.create_task(self.supervisor.run(name, body), name=name)
 
     async def _health_loop(self) -> None:
         """Mirror readiness into grpc.health.v1: SERVING only with a ready active broker."""
         last: int | None = None
         while True:
             self._health_changed.clear()
-            overall = overall_status(
-                self.pool.statuses(), self.pool.decision(), self.elector.status().problems
-            )
+            overall = overall_status(self.pool.statuses(), self.pool.decision(), self.problems())
             if overall.grpc_health != last:
                 last = overall.grpc_health
                 for service in ("", SERVICE_NAME):

@@ -1,12 +1,20 @@
 """Broker links and the pool that fans frames in and commands out.
 
 ``BrokerLink`` owns one aiomqtt connection to one broker and keeps it alive: connect
-(TLS, credentials, TCP_NODELAY, a client id unique to this sidecar instance), subscribe
-and wait for the SUBACK, prove the round trip with a first probe, then keep probing
-through the broker every few hundred milliseconds. A killed broker is noticed when the
-socket drops; a hung one when a probe misses its deadline, well before keepalive would.
-Any failure marks the link DOWN at once, fails its in-flight publishes, and reconnects
-with capped exponential backoff and jitter.
+(TLS, credentials, TCP_NODELAY, a packet-size limit, a client id unique to this sidecar
+instance; ``connection.py``), subscribe and wait for the SUBACK, prove the round trip
+with a first probe, then keep probing through the broker every few hundred milliseconds.
+A probe is a QoS 1 publish that must be acknowledged (PUBACK) *and* come back through the
+subscription within ``probe_timeout_s``. A killed broker is noticed when the socket
+drops; a hung one, or one that still relays messages but stopped acknowledging QoS 1
+(inflight window full, a stuck plugin or bridge), when a probe misses its deadline; a
+command publish that gets no PUBACK within ``operation_timeout_s`` counts the same. Any
+failure marks the link DOWN at once, fails its in-flight publishes, and reconnects with
+capped exponential backoff and jitter.
+
+A message whose handling fails is dropped and counted (``supervise.Drops``), never the
+link; a link that fails for a reason nobody foresaw is restarted by the pool's
+``Supervisor``, never the process.
 
 ``BrokerPool`` runs one link per broker, all at once. Every ready link hears the
 response topics (the IDP may answer on any broker); commands go to the broker the
@@ -17,21 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import socket
-import ssl
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import aiomqtt
 from opentelemetry import trace
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.backoff import Backoff
 from gateway.config import BrokerConfig, LinkTimings
+from gateway.connection import ProtocolChoice, describe_error, make_client
 from gateway.election import Decision, ElectionStatus, Elector, LinkState, LinkStatus
 from gateway.errors import NoBrokerAvailable, raise_if_cancelled
+from gateway.supervise import Drops, Supervisor
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -40,12 +48,16 @@ _mqtt_log = logging.getLogger(__name__ + ".mqtt")  # paho packet traces, quiet b
 MessageHandler = Callable[[str, str, bytes], None]
 """Called with (broker id, topic, payload) for every message on a subscribed topic."""
 
-_NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 _FAILURE_MEMORY = 32
 
 
 class ProbeMissed(Exception):
     """A probe did not come back through the broker in time."""
+
+
+class PublishStalled(Exception):
+    """A QoS 1 publish got no PUBACK in time: the broker takes messages but does not
+    acknowledge them (inflight window full, a stuck plugin or bridge)."""
 
 
 @dataclass(frozen=True)
@@ -54,60 +66,6 @@ class PublishReceipt:
 
     broker_id: str
     epoch: int
-
-
-def describe_error(exc: BaseException) -> str:
-    """A plain-words name for a connection failure, safe to show (never a secret)."""
-    text = str(exc) or type(exc).__name__
-    low = text.lower()
-    if isinstance(exc, aiomqtt.MqttCodeError) and exc.rc in (4, 5, 134, 135):
-        return f"not authorised: bad username or password ({text})"
-    if "not authori" in low or "bad user name or password" in low:
-        return f"not authorised: bad username or password ({text})"
-    if "certificate" in low or "ssl" in low or "tls" in low or isinstance(exc, ssl.SSLError):
-        return f"TLS handshake failed: {text}"
-    if "refused" in low:
-        return f"connection refused: {text}"
-    if isinstance(exc, ProbeMissed):
-        return f"broker unresponsive: {text}"
-    if "timed out" in low:
-        return f"broker unresponsive: {text}"
-    return text
-
-
-def _tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
-    tls = broker.tls
-    if tls is None:
-        return None
-    ctx: ssl.SSLContext = (
-        _ServerNameContext(ssl.PROTOCOL_TLS_CLIENT, tls.server_name)
-        if tls.server_name
-        else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    )
-    if tls.ca_file:
-        ctx.load_verify_locations(cafile=tls.ca_file)
-    else:
-        ctx.load_default_certs()
-    if tls.cert_file and tls.key_file:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.insecure_skip_verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-class _ServerNameContext(ssl.SSLContext):
-    """Verifies the broker's certificate against a configured name, not the dialled host."""
-
-    def __new__(cls, protocol: int, server_name: str) -> _ServerNameContext:
-        return super().__new__(cls, protocol)
-
-    def __init__(self, protocol: int, server_name: str) -> None:
-        self._server_name = server_name
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs["server_hostname"] = self._server_name
-        return super().wrap_socket(sock, *args, **kwargs)
 
 
 def _refused(code: object) -> bool:
@@ -129,14 +87,17 @@ class BrokerLink:
         timings: LinkTimings,
         on_message: MessageHandler,
         on_state: Callable[[], None],
+        drops: Drops | None = None,
     ) -> None:
         self.broker = broker
         self._topics = tuple(topics)
         self._timings = timings
         self._on_message = on_message
         self._on_state = on_state
+        self._drops = drops or Drops()
         self._client_id = f"gw-{instance_id}-{broker.id}"
         self._probe_topic = f"studio-gateway/probe/{instance_id}/{broker.id}"
+        self._protocol = ProtocolChoice()
         self._client: aiomqtt.Client | None = None
         self._state = LinkState.CONNECTING
         self._since = time.monotonic()
@@ -150,6 +111,7 @@ class BrokerLink:
         self._last_error = ""
         self._probe_waiter: tuple[int, asyncio.Future[None]] | None = None
         self._pending: set[asyncio.Future[None]] = set()
+        self._stalled: asyncio.Event | None = None  # set to end the session: no PUBACK
 
     @property
     def id(self) -> str:
@@ -158,6 +120,11 @@ class BrokerLink:
     @property
     def state(self) -> LinkState:
         return self._state
+
+    @property
+    def protocol(self) -> str:
+        """The MQTT version this link speaks (or will try next): "5" or "3.1.1"."""
+        return "5" if self._protocol.version is aiomqtt.ProtocolVersion.V5 else "3.1.1"
 
     def status(self) -> LinkStatus:
         return LinkStatus(
@@ -201,14 +168,18 @@ class BrokerLink:
             log.info("broker %s not reachable: %s", self.id, self._last_error)
         self._set_state(LinkState.DOWN)
 
+    def _stall(self, exc: PublishStalled) -> None:
+        """No PUBACK in time: the broker is down for commands; reconnect."""
+        self._mark_down(exc)
+        if self._stalled is not None:
+            self._stalled.set()
+
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish and wait for the broker's acknowledgement (PUBACK for QoS 1)."""
         client = self._client
         if client is None or self._state is not LinkState.READY:
             raise NoBrokerAvailable(f"broker {self.id} is {self._state}")
-        fut = asyncio.ensure_future(
-            client.publish(topic, payload, qos=qos, timeout=self._timings.operation_timeout_s)
-        )
+        fut = asyncio.ensure_future(self._acknowledged(client, topic, payload, qos))
         self._pending.add(fut)
         try:
             await fut
@@ -220,6 +191,10 @@ class BrokerLink:
                     f"broker {self.id} went down during publish: {self._last_error}"
                 ) from None
             raise
+        except PublishStalled as exc:
+            self._publishes_failed += 1
+            self._stall(exc)
+            raise NoBrokerAvailable(f"publish to broker {self.id} failed: {exc}") from exc
         except aiomqtt.MqttError as exc:
             self._publishes_failed += 1
             raise NoBrokerAvailable(
@@ -230,67 +205,99 @@ class BrokerLink:
         self._publishes_ok += 1
         raise_if_cancelled()  # the caller was cancelled but aiomqtt's wait_for ate it
 
+    async def _acknowledged(
+        self, client: aiomqtt.Client, topic: str, payload: bytes, qos: int
+    ) -> None:
+        limit = self._timings.operation_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                await client.publish(topic, payload, qos=qos, timeout=math.inf)
+        except TimeoutError:
+            raise PublishStalled(
+                f"broker unresponsive: no PUBACK within {limit:g}s (QoS 1 stalled)"
+            ) from None
+
     async def run(self) -> None:
         """Keep the connection up until cancelled."""
         t = self._timings
-        attempt = 0
+        backoff = Backoff(t.backoff_initial_s, t.backoff_max_s, stable_s=t.backoff_max_s * 2)
         try:
             while True:
-                started = time.monotonic()
+                backoff.started()
                 try:
                     await self._session()
-                except (aiomqtt.MqttError, ProbeMissed, OSError) as exc:
+                except (aiomqtt.MqttError, ProbeMissed, PublishStalled, OSError) as exc:
                     self._mark_down(exc)
                 raise_if_cancelled()
-                if time.monotonic() - started > t.backoff_max_s * 2:
-                    attempt = 0  # it was up for a while: start the backoff over
-                delay = min(t.backoff_max_s, t.backoff_initial_s * 2.0**attempt)
-                attempt += 1
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await asyncio.sleep(backoff.next())
                 self._set_state(LinkState.CONNECTING)
+        except Exception as exc:
+            # Unforeseen: the pool's supervisor restarts this link; until then it is down.
+            self._mark_down(exc)
+            raise
         finally:
             self._client = None
 
     async def _session(self) -> None:
-        b, t = self.broker, self._timings
-        client = aiomqtt.Client(
-            b.host,
-            b.port,
-            username=b.username,
-            password=b.password,
+        t = self._timings
+        client = make_client(
+            self.broker,
             identifier=self._client_id,
-            keepalive=t.keepalive_s,
-            timeout=t.operation_timeout_s,
-            socket_options=_NODELAY,
-            tls_context=_tls_context(b),
-            clean_session=True,
+            keepalive_s=t.keepalive_s,
+            timeout_s=t.operation_timeout_s,
+            version=self._protocol.version,
             logger=_mqtt_log,
+            on_oversize=self._oversize,
         )
-        async with client:
-            raise_if_cancelled()
-            granted = await client.subscribe(
-                [(topic, 1) for topic in self._topics] + [(self._probe_topic, 0)]
-            )
-            topics = [*self._topics, self._probe_topic]
-            refused = [t for t, code in zip(topics, granted, strict=False) if _refused(code)]
-            if refused:
-                raise aiomqtt.MqttError(f"subscription refused by the broker for {refused}")
-            raise_if_cancelled()
-            self._client = client
-            # Not a TaskGroup: on Python 3.11 a child failing while the group waits in
-            # __aexit__ leaves the parent task with a pending cancel request, which later
-            # swallows a real cancellation of this long-lived loop.
-            read = asyncio.create_task(self._read(client), name=f"read {self.id}")
-            probe = asyncio.create_task(self._probe(client), name=f"probe {self.id}")
-            try:
-                done, _ = await asyncio.wait({read, probe}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                self._client = None
-                read.cancel()
-                probe.cancel()
-                await asyncio.wait({read, probe})
-            for task in done:
-                task.result()  # re-raise the failure that ended the session
+        connected = False
+        try:
+            async with client:
+                connected = True
+                raise_if_cancelled()
+                await self._subscribe(client)
+                raise_if_cancelled()
+                await self._serve(client)
+        except aiomqtt.MqttError as exc:
+            if not connected:
+                # Reached the broker but the CONNECT failed: maybe it speaks only 3.1.1.
+                self._protocol.connect_failed(exc, reached=not _socket_level(exc))
+            raise
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        granted = await client.subscribe(
+            [(topic, 1) for topic in self._topics] + [(self._probe_topic, 0)]
+        )
+        topics = [*self._topics, self._probe_topic]
+        refused = [t for t, code in zip(topics, granted, strict=False) if _refused(code)]
+        if refused:
+            raise aiomqtt.MqttError(f"subscription refused by the broker for {refused}")
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        self._client = client
+        self._stalled = stalled = asyncio.Event()
+        # Not a TaskGroup: on Python 3.11 a child failing while the group waits in
+        # __aexit__ leaves the parent task with a pending cancel request, which later
+        # swallows a real cancellation of this long-lived loop.
+        read = asyncio.create_task(self._read(client), name=f"read {self.id}")
+        probe = asyncio.create_task(self._probe(client), name=f"probe {self.id}")
+        stall = asyncio.create_task(stalled.wait(), name=f"stall {self.id}")
+        tasks = {read, probe, stall}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._client = self._stalled = None
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+        if stall in done:
+            raise PublishStalled(self._last_error)
+        for task in done:
+            task.result()  # re-raise the failure that ended the session
+
+    def _oversize(self, size: int) -> None:
+        self._drops.add(
+            "packet", f"broker {self.id}", b"", f"packet of {size} bytes over the limit"
+        )
 
     async def _read(self, client: aiomqtt.Client) -> None:
         try:
@@ -300,8 +307,12 @@ class BrokerLink:
                 data = payload if isinstance(payload, bytes) else str(payload).encode()
                 if topic == self._probe_topic:
                     self._probe_answered(data)
-                else:
+                    continue
+                try:
                     self._on_message(self.id, topic, data)
+                except Exception as exc:  # one bad message costs that message only
+                    reason = f"{type(exc).__name__}: {exc}"
+                    self._drops.add("message", f"broker {self.id} topic {topic}", data, reason)
         except aiomqtt.MqttError as exc:
             self._mark_down(exc)
             raise
@@ -313,7 +324,9 @@ class BrokerLink:
             waiter[1].set_result(None)
 
     async def _probe(self, client: aiomqtt.Client) -> None:
-        """Prove the round trip through the broker, forever; the first proof makes it READY."""
+        """Prove the round trip through the broker, forever; the first proof makes it READY.
+
+        QoS 1 up (the broker must acknowledge it), QoS 0 back (the subscription's QoS)."""
         t = self._timings
         seq = 0
         loop = asyncio.get_running_loop()
@@ -323,20 +336,38 @@ class BrokerLink:
             fut: asyncio.Future[None] = loop.create_future()
             self._probe_waiter = (seq, fut)
             sent = time.monotonic()
+            acked = False
             try:
                 async with asyncio.timeout(t.probe_timeout_s):
-                    await client.publish(self._probe_topic, str(seq).encode(), qos=0)
+                    await client.publish(
+                        self._probe_topic, str(seq).encode(), qos=1, timeout=math.inf
+                    )
+                    acked = True
                     await fut
             except TimeoutError:
-                exc = ProbeMissed(f"no probe answer within {t.probe_timeout_s:g}s")
+                missing = "answer" if acked else "PUBACK"
+                exc = ProbeMissed(f"no probe {missing} within {t.probe_timeout_s:g}s")
                 self._mark_down(exc)
                 raise exc from None
             self._rtt_ms = (time.monotonic() - sent) * 1000
             if self._state is not LinkState.READY:
                 self._connects += 1
                 self._set_state(LinkState.READY)
-                log.info("broker %s ready (probe %.2f ms)", self.id, self._rtt_ms)
+                log.info(
+                    "broker %s ready (MQTT %s, probe %.2f ms)", self.id, self.protocol, self._rtt_ms
+                )
             await asyncio.sleep(t.probe_interval_s)
+
+
+def _socket_level(exc: BaseException) -> bool:
+    """True when the failure is below MQTT (refused, unreachable, timed out, TLS)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError | TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).lower()
+    return "refused" in text or "timed out" in text or "unreachable" in text
 
 
 class BrokerPool:
@@ -352,9 +383,12 @@ class BrokerPool:
         elector: Elector,
         on_message: MessageHandler,
         busy: Callable[[], bool] = lambda: False,
+        drops: Drops | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self._elector = elector
         self._busy = busy
+        self._supervisor = supervisor or Supervisor()
         self._listeners: list[Callable[[], None]] = []
         self.links = {
             b.id: BrokerLink(
@@ -364,6 +398,7 @@ class BrokerPool:
                 timings=timings,
                 on_message=on_message,
                 on_state=self.reevaluate,
+                drops=drops,
             )
             for b in brokers
         }
@@ -398,16 +433,18 @@ class BrokerPool:
     def election_status(self) -> ElectionStatus:
         return self._elector.status()
 
-    def any_ready(self) -> bool:
-        return any(link.state is LinkState.READY for link in self.links.values())
-
     async def publish(self, topic: str, payload: bytes, qos: int = 1) -> PublishReceipt:
         """Publish to the active broker; NoBrokerAvailable at once if there is none."""
         decision = self._elector.current()
-        if decision.broker_id is None:
+        link = self.links.get(decision.broker_id) if decision.broker_id is not None else None
+        if link is None:
+            if decision.broker_id is not None:  # the elector never names one; be safe
+                raise NoBrokerAvailable(
+                    f"active broker {decision.broker_id} is not one of this sidecar's brokers"
+                )
             raise NoBrokerAvailable(f"no broker is ready ({self._summary()})")
-        await self.links[decision.broker_id].publish(topic, payload, qos)
-        return PublishReceipt(decision.broker_id, decision.epoch)
+        await link.publish(topic, payload, qos)
+        return PublishReceipt(decision.broker_id or link.id, decision.epoch)
 
     def _summary(self) -> str:
         parts = []
@@ -417,9 +454,10 @@ class BrokerPool:
         return "; ".join(parts)
 
     async def run(self) -> None:
-        """Run every link and the elector until cancelled."""
+        """Run every link and the elector until cancelled, each restarted if it fails."""
         self.reevaluate()
+        supervise = self._supervisor.run
         async with asyncio.TaskGroup() as tasks:
             for link in self.links.values():
-                tasks.create_task(link.run(), name=f"link {link.id}")
-            tasks.create_task(self._elector.run(), name="elector")
+                tasks.create_task(supervise(f"link {link.id}", link.run), name=f"link {link.id}")
+            tasks.create_task(supervise("elector", self._elector.run), name="elector")

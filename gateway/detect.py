@@ -51,6 +51,7 @@ from gateway.protocol import (
     encode_detect,
     encode_timeout,
 )
+from gateway.supervise import Drops
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -161,9 +162,11 @@ class RoundDesk:
         bus: CommandBus,
         *,
         on_busy_change: Callable[[], None] = lambda: None,
+        drops: Drops | None = None,
     ) -> None:
         self.table = table
         self.counters = Counters()
+        self._drops = drops or Drops()
         self._bus = bus
         self._on_busy_change = on_busy_change
         self._current: _Round | None = None
@@ -315,7 +318,12 @@ class RoundDesk:
         if topic != self.table.response_topic:
             return
         rnd = self._current
-        frame = classify(self.table.game, payload, rnd.round_id if rnd else "")
+        frame = classify(
+            self.table.game,
+            payload,
+            rnd.round_id if rnd else "",
+            baccarat_tableau=self.table.baccarat_tableau,
+        )
         kind = self._apply(rnd, frame, broker_id)
         if kind is None:
             return
@@ -323,7 +331,7 @@ class RoundDesk:
         setattr(self.counters, field_name, getattr(self.counters, field_name) + 1)
         _frames.add(1, {"table": self.table.code, "kind": kind})
         if isinstance(frame, Invalid):
-            log.debug("invalid frame via %s on %s: %s", broker_id, topic, frame.reason)
+            self._drops.add("frame", f"broker {broker_id} topic {topic}", payload, frame.reason)
 
     def _apply(self, rnd: _Round | None, frame: Frame, broker_id: str) -> str | None:
         """Complete the round if ``frame`` is its answer; else say what kind of frame it is."""
@@ -389,17 +397,31 @@ class RoundDesk:
         while True:
             raise_if_cancelled()
             command = await self._queue.get()
-            rnd = command.round
-            with _tracer.start_as_current_span(
-                f"gateway.publish {command.kind}",
-                context=rnd.trace_context,
-                attributes={"table": self.table.code, "round_id": rnd.round_id},
-            ) as span:
-                if command.kind == "detect":
-                    await self._publish_detect(rnd)
-                else:
-                    await self._publish_timeout(rnd)
-                span.set_attributes({"broker": rnd.published_on or "", "epoch": rnd.epoch})
+            try:
+                await self._execute(command)
+            except Exception as exc:  # one command fails, never the queue behind it
+                log.exception("round %s: %s command failed", command.round.round_id, command.kind)
+                rnd = command.round
+                if command.kind == "detect" and not rnd.closed and not rnd.future.done():
+                    rnd.future.set_exception(
+                        NoBrokerAvailable(
+                            f"could not publish detect for round {rnd.round_id}: "
+                            f"{type(exc).__name__}: {exc}"
+                        )
+                    )
+
+    async def _execute(self, command: _Command) -> None:
+        rnd = command.round
+        with _tracer.start_as_current_span(
+            f"gateway.publish {command.kind}",
+            context=rnd.trace_context,
+            attributes={"table": self.table.code, "round_id": rnd.round_id},
+        ) as span:
+            if command.kind == "detect":
+                await self._publish_detect(rnd)
+            else:
+                await self._publish_timeout(rnd)
+            span.set_attributes({"broker": rnd.published_on or "", "epoch": rnd.epoch})
 
     async def _publish_detect(self, rnd: _Round) -> None:
         rnd.republish_queued = False

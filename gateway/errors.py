@@ -9,9 +9,11 @@ into these where the library is called, with ``raise ... from exc``.
     ├── InvalidRequest                INVALID_ARGUMENT     caller mistake
     ├── Unavailable                   UNAVAILABLE          temporary, retryable
     │   └── NoBrokerAvailable                              no broker could carry the command
+    ├── Exhausted                     RESOURCE_EXHAUSTED   a per-sidecar limit is reached
     ├── DetectTimeout                 DEADLINE_EXCEEDED    no valid answer for the round in time
     ├── IdpError                      FAILED_PRECONDITION  the IDP reported an error for the round
     ├── RoundSuperseded               ABORTED              a newer round replaced this one
+    ├── MalformedInput                INTERNAL             unreadable outside input (never sent)
     └── ShakeError                    (per failure)        a Shake did not complete
         ├── ShakeFault                FAILED_PRECONDITION  MOTION_FAULT (S90), NO_SHAKER
         ├── ShakeTimeout              DEADLINE_EXCEEDED    TIMEOUT: not idle within the budget
@@ -61,6 +63,12 @@ class NoBrokerAvailable(Unavailable):
     """No broker was ready to carry a command."""
 
 
+class Exhausted(GatewayError):
+    """A per-sidecar limit is reached (e.g. concurrent Subscribe streams); retry later."""
+
+    status = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 class DetectTimeout(GatewayError):
     """The IDP sent no valid result for the round before the deadline."""
 
@@ -93,6 +101,17 @@ class RoundSuperseded(GatewayError):
     def __init__(self, message: str, *, new_round_id: str) -> None:
         super().__init__(message)
         self.new_round_id = new_round_id
+
+
+class MalformedInput(GatewayError):
+    """Input from outside that cannot be read: a device's bytes (e.g. a shaker state that
+    is not short text), a shared record, view or statistics hash in Redis, a Redis reply.
+
+    Raised by the pure parsers (``protocol.py``, ``shared_state.py``, ``stats.py``) and
+    handled where the input arrives, by counting and dropping it; never sent to a caller.
+    """
+
+    status = grpc.StatusCode.INTERNAL
 
 
 class ShakeError(GatewayError):

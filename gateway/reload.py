@@ -26,6 +26,7 @@ from opentelemetry import metrics
 
 from gateway.config import GatewayConfig, TableConfig, load_config
 from gateway.errors import ConfigError
+from gateway.supervise import Drops
 
 log = logging.getLogger(__name__)
 _reloads = metrics.get_meter(__name__).create_counter(
@@ -78,7 +79,9 @@ class ConfigReloader:
         wait_idle: Callable[[], Awaitable[None]],
         adjust: Callable[[GatewayConfig], GatewayConfig] = lambda config: config,
         interval_s: float = 0.5,
+        drops: Drops | None = None,
     ) -> None:
+        self._drops = drops or Drops()
         self.path = Path(path)
         self.config = current
         self.last_error = ""
@@ -105,6 +108,10 @@ class ConfigReloader:
         except ConfigError as exc:
             self._refuse("invalid", f"kept generation {self.config.generation}: {exc.message}")
             return
+        except Exception as exc:  # the loader raises only ConfigError; never trust that here
+            problem = f"unexpected {type(exc).__name__} while loading: {exc}"
+            self._refuse("invalid", f"kept generation {self.config.generation}: {problem}")
+            return
         blockers = restart_needed(self.config, new)
         if blockers:
             self._refuse(
@@ -123,4 +130,6 @@ class ConfigReloader:
     def _refuse(self, result: str, message: str) -> None:
         self.last_error = message
         _reloads.add(1, {"result": result})
+        if result == "invalid":
+            self._drops.add("config", str(self.path), "", message, logged=True)
         log.error("configuration reload refused: %s", message)

@@ -22,10 +22,18 @@ from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
 from gateway.detect import Counters, DetectOutcome, RoundDesk
 from gateway.election import Decision, LinkState, LinkStatus
-from gateway.errors import GatewayError, IdpError, Unavailable
+from gateway.errors import (
+    DetectTimeout,
+    Exhausted,
+    GatewayError,
+    IdpError,
+    ShakeTimeout,
+    Unavailable,
+)
 from gateway.protocol import BaccaratHand, Game, RouletteNumber, SicBoDice
 from gateway.shaker import ShakeParams, Shaker
 from gateway.stats import SidecarStats, totals
+from gateway.supervise import Drops, Supervisor
 from gateway.topics import TopicHub
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
@@ -33,6 +41,7 @@ from gateway.v1 import gateway_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "gateway.v1.GatewayService"
+MAX_SUBSCRIBE_TOPICS = 64
 DEADLINE_MARGIN_S = 0.05  # answer DEADLINE_EXCEEDED ourselves, with details, before the client does
 
 GAME_TO_PROTO = {
@@ -88,6 +97,20 @@ def overall_status(
     if notes:
         return Overall(pb.HealthResponse.DEGRADED, f"{head}; " + "; ".join(notes))
     return Overall(pb.HealthResponse.SERVING, head)
+
+
+def detect_wait(table_timeout_s: float, remaining_s: float | None) -> float:
+    """How long a Detect waits: the table's timeout, shortened by the caller's deadline
+    (less the margin), never lengthened by it. A deadline that leaves no time at all is
+    refused before anything is published or superseded."""
+    if remaining_s is None:
+        return table_timeout_s
+    if remaining_s <= DEADLINE_MARGIN_S:
+        raise DetectTimeout(
+            f"the call's deadline ({remaining_s * 1000:.0f} ms) leaves no time to detect: "
+            f"at least {DEADLINE_MARGIN_S * 1000:.0f} ms are needed; nothing was published"
+        )
+    return min(table_timeout_s, remaining_s - DEADLINE_MARGIN_S)
 
 
 def result_to_proto(outcome: DetectOutcome, config: GatewayConfig) -> pb.DetectResponse:
@@ -146,8 +169,12 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
         *,
         shaker: Shaker,
         hub: TopicHub,
+        drops: Drops | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.config = config
+        self._drops = drops or Drops()
+        self._supervisor = supervisor or Supervisor()
         self._shaker = shaker
         self._hub = hub
         self._desk = desk
@@ -162,7 +189,6 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
     ) -> pb.DetectResponse:
         table = self._desk.table
         remaining = context.time_remaining()
-        timeout = table.timeout_s if remaining is None else remaining - DEADLINE_MARGIN_S
         started = time.monotonic()
         outcome_name = "cancelled"
         span = trace.get_current_span()  # the gRPC server span, when tracing is on
@@ -170,6 +196,7 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
             {"table": table.code, "game": table.game.value, "round_id": request.round_id}
         )
         try:
+            timeout = detect_wait(table.timeout_s, remaining)
             outcome = await self._desk.detect(
                 request.round_id, request.input or None, request.output or None, timeout
             )
@@ -226,6 +253,11 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
             params = ShakeParams(**given)
             remaining = context.time_remaining()
             limit = None if remaining is None else remaining - DEADLINE_MARGIN_S
+            if limit is not None and limit <= 0:
+                raise ShakeTimeout(
+                    f"the call's deadline ({remaining * 1000:.0f} ms) leaves no time for a "
+                    f"shake; nothing was sent to the shaker"
+                )
             outcome = await self._shaker.shake(params, limit)
         except GatewayError as exc:
             log.info("shake table=%s outcome=%s: %s", self.config.table.code,
@@ -243,6 +275,11 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.TopicMessage]:
         configured = sorted(self._hub.topics)
+        if len(request.topics) > MAX_SUBSCRIBE_TOPICS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{len(request.topics)} topics asked for; at most {MAX_SUBSCRIBE_TOPICS}",
+            )
         topics = list(dict.fromkeys(request.topics)) or configured
         unknown = [t for t in topics if t not in self._hub.topics]
         if unknown or not topics:
@@ -252,6 +289,9 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
                 f"topics not configured for table {self.config.table.code}: "
                 f"{', '.join(unknown)}; configured: {have}",
             )
+        if self._hub.full():
+            exc = Exhausted(f"too many streams on this sidecar; {self._hub.limit_text()}")
+            await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
         async with self._hub.listen(topics) as listener:
             await context.send_initial_metadata((("subscribed", ",".join(topics)),))
             async for m in listener:
@@ -292,7 +332,9 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
         links = self._pool.statuses()
         decision = self._pool.decision()
         election = self._pool.election_status()
-        overall = overall_status(links, decision, election.problems)
+        overall = overall_status(
+            links, decision, (*election.problems, *self._supervisor.problems())
+        )
         return pb.HealthResponse(
             status=overall.status,
             reason=overall.reason,
@@ -323,4 +365,14 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
             live_reporters=election.live_reporters,
             broker_group=self.config.broker_group,
             config_error=self.config_error(),
+            dropped_inputs=self._drops.counts,
+            loops=[
+                pb.LoopHealth(
+                    name=h.name,
+                    restarts=h.restarts,
+                    last_error=h.last_error,
+                    last_failure_unix=h.last_failure_unix,
+                )
+                for h in self._supervisor.loops()
+            ],
         )

@@ -19,18 +19,22 @@ from gateway.brokers import BrokerPool
 from gateway.config import TableConfig
 from gateway.errors import (
     InvalidRequest,
+    MalformedInput,
     ShakeBusy,
     ShakeError,
     ShakeFault,
     ShakeTimeout,
     Unavailable,
 )
+from gateway.protocol import parse_shaker_state
+from gateway.supervise import Drops
 from gateway.topics import TopicHub
 
 log = logging.getLogger(__name__)
 
 MARGIN_S = 7.0  # the budget is the cycle's duration plus this
 STARTED = frozenset({"S1", "S2"})
+MAX_STATES = 64  # states kept for the reply and the messages
 
 _shakes = metrics.get_meter(__name__).create_counter(
     "gateway.shakes", description="Shake calls by outcome"
@@ -80,8 +84,11 @@ class ShakeOutcome:
 class Shaker:
     """Shakes one table's dice, one cycle at a time."""
 
-    def __init__(self, table: TableConfig, pool: BrokerPool, hub: TopicHub) -> None:
+    def __init__(
+        self, table: TableConfig, pool: BrokerPool, hub: TopicHub, *, drops: Drops | None = None
+    ) -> None:
         self.table = table
+        self._drops = drops or Drops()
         self._pool = pool
         self._hub = hub
         self._lock = asyncio.Lock()
@@ -114,19 +121,27 @@ class Shaker:
             started = time.monotonic()
             receipt = await self._pool.publish(listens, params.command())
             states: list[str] = []
+            started = False
             budget = params.budget_s if limit_s is None else min(params.budget_s, limit_s)
             try:
                 async with asyncio.timeout(budget):
                     async for message in states_heard:
-                        state = message.payload.decode("utf-8", "replace").strip()
-                        states.append(state)
+                        try:
+                            state = parse_shaker_state(message.payload)
+                        except MalformedInput as exc:
+                            source = f"broker {message.broker_id} topic {says}"
+                            self._drops.add("shaker_message", source, message.payload, exc.message)
+                            continue
+                        started = started or state in STARTED
+                        if len(states) < MAX_STATES:  # a chatty shaker cannot grow the reply
+                            states.append(state)
                         if state == "S90":
                             raise ShakeFault(
                                 f"shaker on {says} reported S90 (motion fault) after "
                                 f"{', '.join(states)}",
                                 failure="MOTION_FAULT",
                             )
-                        if state == "S0" and STARTED & set(states):
+                        if state == "S0" and started:
                             break
                     else:  # the hub closed: the sidecar is stopping
                         raise Unavailable(f"sidecar stopping during the shake of {says}")

@@ -12,20 +12,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.detect import Counters
 from gateway.election import Decision, LinkStatus
-from gateway.errors import Unavailable, raise_if_cancelled
+from gateway.errors import MalformedInput, Unavailable, raise_if_cancelled
 from gateway.store import Keys
+from gateway.supervise import Drops
 
 if TYPE_CHECKING:
     import redis.asyncio as redis
 
 log = logging.getLogger(__name__)
+
+MAX_STATS_CHARS = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -114,19 +118,57 @@ def to_hash(s: SidecarStats) -> dict[str, str]:
     }
 
 
-def from_hash(h: dict[str, str]) -> SidecarStats:
-    """Decode a stats hash; raises ValueError/KeyError/TypeError on a malformed one."""
+def from_hash(h: Mapping[str, str]) -> SidecarStats:
+    """Decode a stats hash; MalformedInput (naming the field) for anything else."""
+    try:
+        return _from_hash(h)
+    except MalformedInput:
+        raise
+    except (KeyError, ValueError, TypeError, OverflowError, RecursionError, MemoryError) as exc:
+        raise MalformedInput(f"statistics hash: {type(exc).__name__}: {exc}") from None
+
+
+def _from_hash(h: Mapping[str, str]) -> SidecarStats:
+    if sum(len(v) for v in h.values()) > MAX_STATS_CHARS:
+        raise MalformedInput(f"statistics hash is over {MAX_STATS_CHARS} characters")
+    counters = json.loads(h["counters"])
+    brokers = json.loads(h["brokers"])
+    if not isinstance(counters, dict) or not isinstance(brokers, list):
+        raise MalformedInput("statistics hash: counters must be an object, brokers a list")
+    updated, epoch = float(h["updated_unix"]), int(h["epoch"])
+    if not math.isfinite(updated) or not 0 <= epoch < 2**63:
+        raise MalformedInput("statistics hash: updated_unix or epoch out of range")
     return SidecarStats(
         instance_id=h["instance_id"],
         table_code=h["table_code"],
-        updated_unix=float(h["updated_unix"]),
+        updated_unix=updated,
         active_broker_id=h["active_broker_id"],
-        epoch=int(h["epoch"]),
+        epoch=epoch,
         config_generation=int(h["config_generation"]),
-        counters={str(k): int(v) for k, v in json.loads(h["counters"]).items()},
-        brokers=tuple(BrokerStat(**b) for b in json.loads(h["brokers"])),
+        counters={str(k): _count(v) for k, v in counters.items()},
+        brokers=tuple(_broker(b) for b in brokers),
         config_error=h.get("config_error", ""),
     )
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise MalformedInput(f"statistics hash: a counter is not a count: {value!r:.40}")
+    return value
+
+
+def _broker(b: Any) -> BrokerStat:
+    if not isinstance(b, dict):
+        raise MalformedInput("statistics hash: a broker entry is not an object")
+    stat = BrokerStat(**b)  # TypeError for missing or unknown keys
+    numbers = (stat.connects, stat.disconnects, stat.publishes_ok, stat.publishes_failed)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers):
+        raise MalformedInput(f"statistics hash: broker {stat.id!r:.40} has a bad count")
+    if not isinstance(stat.connected, bool) or not isinstance(stat.probe_rtt_ms, int | float):
+        raise MalformedInput(f"statistics hash: broker {stat.id!r:.40} has a bad field")
+    if not isinstance(stat.id, str) or not isinstance(stat.last_error, str):
+        raise MalformedInput("statistics hash: a broker id or error is not a string")
+    return stat
 
 
 def totals(fleet: Sequence[SidecarStats]) -> FleetTotals:
@@ -142,8 +184,11 @@ def totals(fleet: Sequence[SidecarStats]) -> FleetTotals:
     )
 
 
-async def read_fleet(client: redis.Redis, keys: Keys) -> list[SidecarStats]:
-    """Every live sidecar of the group; Unavailable if the store does not answer."""
+async def read_fleet(
+    client: redis.Redis, keys: Keys, drops: Drops | None = None
+) -> list[SidecarStats]:
+    """Every live sidecar of the group (malformed hashes dropped and counted);
+    Unavailable if the store does not answer."""
     from redis.exceptions import RedisError
 
     try:
@@ -153,7 +198,8 @@ async def read_fleet(client: redis.Redis, keys: Keys) -> list[SidecarStats]:
         pipe = client.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(name)
-        hashes = await pipe.execute()
+        # An error reply (a key of the wrong type) belongs to that key alone.
+        hashes = await pipe.execute(raise_on_error=False)
     except RedisError as exc:
         raise Unavailable(f"shared store unreachable: {exc}") from exc
     fleet = []
@@ -161,9 +207,14 @@ async def read_fleet(client: redis.Redis, keys: Keys) -> list[SidecarStats]:
         if not h:
             continue  # expired between SCAN and HGETALL
         try:
+            if not isinstance(h, dict):
+                raise MalformedInput(f"statistics key is not a hash: {h}")
             fleet.append(from_hash(h))
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring malformed stats hash %s: %s", name, exc)
+        except MalformedInput as exc:
+            if drops is not None:
+                drops.add("stats", str(name), "", exc.message)
+            else:
+                log.warning("ignoring malformed statistics hash %s: %s", name, exc.message)
     return sorted(fleet, key=lambda s: (s.table_code, s.instance_id))
 
 
@@ -179,7 +230,9 @@ class StatsWriter:
         interval_s: float,
         ttl_s: float,
         on_error: Callable[[Exception], None] = lambda exc: None,
+        drops: Drops | None = None,
     ) -> None:
+        self._drops = drops or Drops()
         self._client = client
         self._keys = keys
         self._snapshot = snapshot
@@ -189,13 +242,28 @@ class StatsWriter:
         self.writes = 0
 
     async def write_once(self) -> None:
+        """Write the snapshot now (raises RedisError if the store does not take it)."""
+        from redis.exceptions import ResponseError
+
         s = self._snapshot()
         key = self._keys.stats(s.instance_id)
-        pipe = self._client.pipeline(transaction=False)
         mapping: Any = to_hash(s)  # redis-py's Mapping type is invariant in its key type
-        pipe.hset(key, mapping=mapping)
-        pipe.pexpire(key, self._ttl_ms)
-        await pipe.execute()
+
+        async def write() -> None:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.hset(key, mapping=mapping)
+            pipe.pexpire(key, self._ttl_ms)
+            await pipe.execute()
+
+        try:
+            await write()
+        except ResponseError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            # Our own key, overwritten with another type: replace it rather than fail forever.
+            self._drops.add("stats", key, "", "statistics key was not a hash; replaced")
+            await self._client.delete(key)
+            await write()
         self.writes += 1
 
     async def run(self) -> None:

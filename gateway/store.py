@@ -41,6 +41,9 @@ def connect(config: RedisConfig) -> redis.Redis:
         "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 0,
         "decode_responses": True,
+        # Values are read as text; bytes that are not UTF-8 (anyone can write the keys)
+        # become U+FFFD instead of an exception inside redis-py's reply parser.
+        "encoding_errors": "replace",
     }
     scheme = url.split("://", 1)[0]
     if not scheme.endswith("+sentinel"):

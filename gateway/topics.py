@@ -3,8 +3,10 @@ out to whoever listens: the Subscribe RPC and the shaker's own wait for its stat
 
 Every broker link subscribes to these topics, so a message arrives through whichever broker
 its publisher uses and a listener keeps receiving across a failover. Each listener has its
-own bounded queue: a slow reader loses its oldest messages (the sequence numbers show the
-gap), never blocks the broker links or other listeners.
+own bounded queue (``QUEUE_LIMIT`` messages and ``QUEUE_BYTES`` of payload): a slow
+reader loses its oldest messages (the sequence numbers show the gap), never blocks the
+broker links or other listeners, and never holds more than its byte cap. At most
+``MAX_LISTENERS`` streams listen at once; one more is refused (``Exhausted``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ from dataclasses import dataclass
 
 from opentelemetry import metrics
 
+from gateway.errors import Exhausted
+
 QUEUE_LIMIT = 1000
+QUEUE_BYTES = 1024 * 1024  # payload bytes queued for one listener
+MAX_LISTENERS = 32  # concurrent Subscribe streams and shakes of one sidecar
 
 _dropped = metrics.get_meter(__name__).create_counter(
     "gateway.topic.dropped", description="messages dropped for a listener that fell behind"
@@ -42,6 +48,7 @@ class Listener:
         # None marks the end: the hub closed (the sidecar is stopping).
         self._queue: asyncio.Queue[TopicMessage | None] = asyncio.Queue(QUEUE_LIMIT + 1)
         self._sequence = 0
+        self._bytes = 0
 
     def _offer(self, message: TopicMessage) -> None:
         self._sequence += 1
@@ -49,10 +56,21 @@ class Listener:
             message.topic, message.payload, message.broker_id, message.received_unix,
             self._sequence,
         )  # fmt: skip
-        if self._queue.qsize() >= QUEUE_LIMIT:
-            self._queue.get_nowait()
+        if len(message.payload) > QUEUE_BYTES:
             self.dropped += 1
             _dropped.add(1, {"topic": message.topic})
+            return
+        while self._queue.qsize() and (
+            self._queue.qsize() >= QUEUE_LIMIT or self._bytes + len(message.payload) > QUEUE_BYTES
+        ):
+            oldest = self._queue.get_nowait()
+            if oldest is None:  # the end mark stays last
+                self._queue.put_nowait(None)
+                return
+            self._bytes -= len(oldest.payload)
+            self.dropped += 1
+            _dropped.add(1, {"topic": oldest.topic})
+        self._bytes += len(message.payload)
         self._queue.put_nowait(numbered)
 
     def _end(self) -> None:
@@ -64,6 +82,7 @@ class Listener:
         if message is None:
             self._queue.put_nowait(None)  # every later get ends too
             raise StopAsyncIteration
+        self._bytes -= len(message.payload)
         return message
 
     def __aiter__(self) -> Listener:
@@ -79,6 +98,13 @@ class TopicHub:
     def __init__(self, topics: Iterable[str]) -> None:
         self.topics = frozenset(topics)
         self._listeners: set[Listener] = set()
+
+    def full(self) -> bool:
+        """True when no further listener is allowed (``MAX_LISTENERS``)."""
+        return len(self._listeners) >= MAX_LISTENERS
+
+    def limit_text(self) -> str:
+        return f"{len(self._listeners)} listen already, at most {MAX_LISTENERS}; retry later"
 
     def close(self) -> None:
         """End every listener's iteration (the sidecar is stopping)."""
@@ -98,6 +124,8 @@ class TopicHub:
         unknown = wanted - self.topics
         if unknown:
             raise ValueError(f"not subscribed: {', '.join(sorted(unknown))}")
+        if self.full():
+            raise Exhausted(f"too many listeners: {self.limit_text()}")
         listener = Listener(wanted)
         self._listeners.add(listener)
         try:

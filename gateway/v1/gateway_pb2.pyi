@@ -541,6 +541,26 @@ class HealthResponse(_message.Message):
     """Serving, but something needs attention (see reason)."""
     NOT_SERVING: HealthResponse.Status.ValueType  # 3
 
+    @_typing.final
+    class DroppedInputsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     STATUS_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     TABLE_CODE_FIELD_NUMBER: _builtins.int
@@ -555,6 +575,8 @@ class HealthResponse(_message.Message):
     LIVE_REPORTERS_FIELD_NUMBER: _builtins.int
     BROKER_GROUP_FIELD_NUMBER: _builtins.int
     CONFIG_ERROR_FIELD_NUMBER: _builtins.int
+    DROPPED_INPUTS_FIELD_NUMBER: _builtins.int
+    LOOPS_FIELD_NUMBER: _builtins.int
     status: Global___HealthResponse.Status.ValueType
     reason: _builtins.str
     """Why the status is what it is, and why the active broker was chosen."""
@@ -577,6 +599,18 @@ class HealthResponse(_message.Message):
     def brokers(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrokerHealth]: ...
     @_builtins.property
     def counters(self) -> Global___Counters: ...
+    @_builtins.property
+    def dropped_inputs(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Inputs from outside that were dropped since start, by kind: "frame" (a response
+        frame that is not valid), "message" (any subscribed message whose handling failed),
+        "packet" (over the size limit), "record", "view", "stats", "redis_reply",
+        "shaker_message", "config". Each was counted, logged once per source and dropped.
+        """
+
+    @_builtins.property
+    def loops(self) -> _containers.RepeatedCompositeFieldContainer[Global___LoopHealth]:
+        """The sidecar's long-running loops; one that failed was restarted, never the process."""
+
     def __init__(
         self,
         *,
@@ -594,14 +628,48 @@ class HealthResponse(_message.Message):
         live_reporters: _builtins.int = ...,
         broker_group: _builtins.str = ...,
         config_error: _builtins.str = ...,
+        dropped_inputs: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        loops: _abc.Iterable[Global___LoopHealth] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "broker_group", b"broker_group", "brokers", b"brokers", "config_error", b"config_error", "config_generation", b"config_generation", "counters", b"counters", "election", b"election", "epoch", b"epoch", "game", b"game", "instance_id", b"instance_id", "live_reporters", b"live_reporters", "reason", b"reason", "status", b"status", "table_code", b"table_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "broker_group", b"broker_group", "brokers", b"brokers", "config_error", b"config_error", "config_generation", b"config_generation", "counters", b"counters", "dropped_inputs", b"dropped_inputs", "election", b"election", "epoch", b"epoch", "game", b"game", "instance_id", b"instance_id", "live_reporters", b"live_reporters", "loops", b"loops", "reason", b"reason", "status", b"status", "table_code", b"table_code"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___HealthResponse: _TypeAlias = HealthResponse  # noqa: Y015
+
+@_typing.final
+class LoopHealth(_message.Message):
+    """One supervised loop (a broker link, the elector, the round desk, ...)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_FAILURE_UNIX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    restarts: _builtins.int
+    """Times it failed for a reason nobody foresaw and was restarted."""
+    last_error: _builtins.str
+    """The last such failure ("" if none)."""
+    last_failure_unix: _builtins.float
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        restarts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_failure_unix: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_error", b"last_error", "last_failure_unix", b"last_failure_unix", "name", b"name", "restarts", b"restarts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LoopHealth: _TypeAlias = LoopHealth  # noqa: Y015
 
 @_typing.final
 class StatsRequest(_message.Message):

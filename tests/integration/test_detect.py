@@ -65,13 +65,14 @@ async def test_stale_and_foreign_rounds_are_skipped(broker: MosquittoProcess) ->
 async def test_garbage_and_a_1mib_payload_are_counted_never_returned(
     broker: MosquittoProcess,
 ) -> None:
-    """Malformed and oversized frames are counted as invalid and the real answer still wins."""
+    """Malformed frames are counted as invalid, a 1 MiB one never even reaches the sidecar
+    (MQTT 5 maximum packet size: the broker discards it), and the real answer still wins."""
     async with Stack([broker], "baccarat") as s:
         s.behave(garbage=5, oversize=1, delay_s=0.05)
         d = await s.client.detect("BAC-001-r1")
         assert d.result == expected("baccarat", "BAC-001-r1")
         h = await s.client.health()
-        assert h.counters.invalid_frames >= 6
+        assert h.counters.invalid_frames == 5
 
 
 async def test_garbage_only_ends_in_deadline_naming_what_was_seen(
