@@ -42,7 +42,8 @@ from gateway.config import GatewayConfig, parse_config
 from gateway.detect import Counters
 from gateway.election import Decision, LinkState, LinkStatus
 from gateway.sandbox import RedisProcess, SandboxError
-from gateway.shared_record import CAS_SCRIPT, Record, SharedElector
+from gateway.shared_record import SharedElector
+from gateway.shared_state import Record, compare_and_set, record_sha
 from gateway.stats import SidecarStats, StatsWriter, take_snapshot
 from gateway.store import RECORD_FIELD, connect
 
@@ -127,18 +128,17 @@ class Fleet:
 
 
 async def switches(fleet: Fleet, admin: redis.Redis, count: int) -> dict[str, Any]:
-    keys, cas = fleet.electors[0].keys, admin.register_script(CAS_SCRIPT)
+    keys = fleet.electors[0].keys
     samples, first, foreign = [], [], 0
     for k in range(count):
-        current = Record.from_json(str(await admin.hget(keys.group_hash, RECORD_FIELD)))
+        raw = str(await admin.hget(keys.group_hash, RECORD_FIELD))
+        current = Record.from_json(raw)
         foreign += k > 0 and current.by != "bench"
         epoch, broker = current.epoch, ("b2", "b1")[k % 2]
         new = Record(broker, epoch + 1, "bench", time.time(), "bench")
         fleet.arm(epoch + 1)
         t0 = time.perf_counter()
-        won, _ = await cas(
-            keys=[keys.group_hash], args=[str(epoch), new.to_json(), epoch + 1, keys.channel]
-        )
+        won = await compare_and_set(admin, keys, record_sha(raw), new)
         if not won:
             raise RuntimeError(f"switch {k}: the record moved under the bench (epoch {epoch})")
         try:

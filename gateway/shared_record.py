@@ -1,20 +1,22 @@
-"""The fleet's shared active-broker record in Redis: epoch, quorum, degraded mode.
+"""The fleet's shared active-broker record in Redis: epoch, quorum, degraded mode, healing.
 
 Every sidecar of a broker group must publish to the same broker (an IDP listens on one).
-``SharedElector`` implements the ``Elector`` seam with one Redis hash per group
-(``Keys.record``: broker, epoch, by, at, reason) that changes only through a Lua
-compare-and-set on the epoch; every change increments the epoch and is announced on a
-pub/sub channel. Design and keys: ``docs/election.md``.
+``SharedElector`` implements the ``Elector`` seam with one Redis hash per group (the wire
+format and scripts are in ``shared_state.py``, the rules in ``shared_plan.py``, the
+design in ``docs/election.md``):
 
-- Each sidecar reports its view of every broker (``Keys.view``, TTL ``view_ttl_s``) on
-  every change and every ``refresh_s``.
-- Moving away from the active broker needs a majority of the live reporters to see it
-  down (a lone reporter may decide alone); otherwise this sidecar only says it is
-  degraded. Fail-back needs a majority to have seen the preferred broker up for the
-  hold-down, and is applied by each sidecar between its rounds.
-- A new record is learnt from the channel (within milliseconds), or by the re-read every
-  ``refresh_s``. Epochs never go backwards: a lost record is re-created above every
-  epoch the live sidecars have seen.
+- Each sidecar reports its view of every broker, and its broker list, on every change and
+  every ``refresh_s``: one script writes the view and reads the whole group back.
+- The record changes only through a compare-and-set on the stored bytes; every change
+  increments the epoch and is announced on a pub/sub channel. Epochs never go backwards.
+- **Bad shared state heals.** A record that does not parse, lacks a field, names a broker
+  no sidecar has, or a group key of the wrong type, is treated as absent and replaced by
+  a proper record at a higher epoch; a view that does not parse is removed. Each is
+  counted and logged once (``supervise.Drops``), never raised. A lost compare-and-set
+  backs off (jittered) before the next try, so racing sidecars cannot storm.
+- A record naming a broker this sidecar does not have is never adopted: the sidecar
+  decides locally by priority and says so (DEGRADED) until the group moves to a broker
+  every sidecar has.
 - Store unreachable: keep the last decision and say DEGRADED; if the active broker is
   also locally dead for ``grace_s``, fail over locally by priority and say so.
 """
@@ -23,184 +25,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import redis.asyncio as redis
 from opentelemetry import metrics
 from redis.exceptions import RedisError
 
+from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
-from gateway.election import (
-    Decision,
-    ElectionStatus,
-    LinkState,
-    LinkStatus,
-    announce,
-    decide,
-    effective_holddown,
+from gateway.election import Decision, ElectionStatus, LinkState, LinkStatus, announce, decide
+from gateway.errors import MalformedInput, raise_if_cancelled
+from gateway.shared_plan import Membership, Proposal, membership, plan
+from gateway.shared_state import (
+    CAS_SCRIPT,
+    STEP_SCRIPT,
+    GroupState,
+    Record,
+    View,
+    parse_cas_reply,
+    parse_step_reply,
+    read_record,
 )
-from gateway.errors import raise_if_cancelled
-from gateway.store import RECORD_FIELD, VIEW_PREFIX, Keys
+from gateway.store import VIEW_PREFIX, Keys
+from gateway.supervise import Drops
+
+__all__ = ["CAS_SCRIPT", "Proposal", "Record", "SharedElector", "View", "plan", "read_record"]
 
 log = logging.getLogger(__name__)
 _redis_errors = metrics.get_meter(__name__).create_counter(
     "gateway.redis.errors", description="Failed calls to the shared store"
 )
-
-# KEYS: group hash. ARGV: expected epoch ("" = no record yet), record JSON, new epoch,
-# channel. Returns {1, new epoch} on success, {0, current epoch or -1} otherwise.
-CAS_SCRIPT = """
-local cur = redis.call('HGET', KEYS[1], 'record')
-local epoch = -1
-if cur then epoch = tonumber(cjson.decode(cur)['epoch']) end
-if ARGV[1] == '' then
-  if cur then return {0, epoch} end
-elseif epoch ~= tonumber(ARGV[1]) then
-  return {0, epoch}
-end
-redis.call('HSET', KEYS[1], 'record', ARGV[2])
-redis.call('PUBLISH', ARGV[4], ARGV[3])
-return {1, tonumber(ARGV[3])}
-"""
-
-
-@dataclass(frozen=True)
-class Record:
-    broker: str
-    epoch: int
-    by: str
-    at: float
-    reason: str
-
-    def to_json(self) -> str:
-        return json.dumps(vars(self), separators=(",", ":"))
-
-    @staticmethod
-    def from_json(text: str) -> Record:
-        d = json.loads(text)
-        return Record(str(d["broker"]), int(d["epoch"]), str(d["by"]), float(d["at"]),
-                      str(d["reason"]))  # fmt: skip
-
-
-def parse_record(text: str | None) -> Record | None:
-    """The record from its JSON; None (and an error logged) if absent or malformed."""
-    if text is None:
-        return None
-    try:
-        return Record.from_json(text)
-    except (ValueError, KeyError, TypeError) as exc:
-        log.error("malformed shared record %r: %s; it will be re-created", text, exc)
-        return None
-
-
-async def read_record(client: redis.Redis, keys: Keys) -> Record | None:
-    """The group's current record (raises RedisError if the store does not answer)."""
-    text = await client.hget(keys.group_hash, RECORD_FIELD)
-    return parse_record(None if text is None else str(text))
-
-
-@dataclass(frozen=True)
-class View:
-    """One sidecar's report: which brokers it sees up, since when (Unix time).
-
-    ``seq`` grows with every report; a view whose ``seq`` has not moved for
-    ``view_ttl_s`` (by the reader's own clock, so clocks need not agree) is dead.
-    """
-
-    instance: str
-    epoch: int  # the highest epoch it has seen
-    up: dict[str, float]  # broker id -> up since
-    failures: dict[str, int]
-    seq: int = 0
-
-    def to_json(self) -> str:
-        doc = {
-            "i": self.instance,
-            "e": self.epoch,
-            "up": self.up,
-            "f": self.failures,
-            "s": self.seq,
-        }
-        return json.dumps(doc, separators=(",", ":"))
-
-    @staticmethod
-    def from_json(text: str) -> View:
-        d = json.loads(text)
-        return View(str(d["i"]), int(d["e"]), dict(d["up"]), dict(d.get("f", {})), int(d["s"]))
-
-
-@dataclass(frozen=True)
-class Proposal:
-    broker: str
-    expected: int | None  # None: the record must be absent
-    epoch: int
-    reason: str
-
-
-def majority(count: int, live: int) -> bool:
-    return 2 * count > live
-
-
-def plan(
-    record: Record | None,
-    views: Sequence[View],
-    me: View,
-    links: Sequence[LinkStatus],
-    current: str | None,
-    busy: bool,
-    config: GatewayConfig,
-    now: float,
-    settled: bool = True,
-) -> Proposal | None:
-    """What, if anything, this sidecar should write to the record now (pure)."""
-    live = {v.instance: v for v in views}
-    live[me.instance] = me
-    n = len(live)
-    floor = max(v.epoch for v in live.values())
-    prio = {b.id: b.priority for b in config.brokers}
-    order = sorted(prio, key=lambda b: (prio[b], b))
-    mine = [b for b in order if b in me.up]
-    if record is None and not settled:
-        return None  # let every link finish connecting before the first record
-    if record is None or record.epoch < floor:
-        keep = record.broker if record and record.broker in me.up else current
-        broker = keep if keep in me.up else (mine[0] if mine else None)
-        if broker is None:
-            return None
-        lost = "record missing" if record is None else f"record epoch {record.epoch} < {floor}"
-        expected = None if record is None else record.epoch
-        return Proposal(broker, expected, floor + 1, f"{lost}: re-created on {broker}")
-    active = record.broker
-    up_count = {b: sum(1 for v in live.values() if b in v.up) for b in order}
-    if active not in me.up:
-        down = n - up_count.get(active, 0)
-        if not (majority(down, n) or n == 1):
-            return None  # our own problem: the fleet stays, this sidecar is degraded
-        candidates = [b for b in mine if majority(up_count[b], n) or n == 1]
-        if not candidates:
-            return None
-        why = f"{active} down for {down}/{n} sidecars"
-        return Proposal(candidates[0], record.epoch, record.epoch + 1, why)
-    if busy:
-        return None
-    for b in order:
-        if prio[b] >= prio.get(active, 1 << 30) or b not in me.up:
-            continue
-        ups = sorted(v.up[b] for v in live.values() if b in v.up)
-        k = n // 2 + 1
-        if len(ups) < k:
-            continue
-        since = ups[k - 1]  # a majority has seen it up at least since then
-        status = next((s for s in links if s.id == b), None)
-        hold = effective_holddown(status, config.timings, time.monotonic()) if status else 0.0
-        if now - since >= hold:
-            why = f"fail-back to preferred {b}: up for a majority for {now - since:.1f}s"
-            return Proposal(b, record.epoch, record.epoch + 1, why)
-    return None
 
 
 class SharedElector:
@@ -213,11 +69,13 @@ class SharedElector:
         client: redis.Redis,
         *,
         local_timings_clock: Callable[[], float] = time.monotonic,
+        drops: Drops | None = None,
     ) -> None:
         self._config = config
         self._r = config.redis
         self._id = instance_id
         self._client = client
+        self._drops = drops or Drops()
         self.keys = Keys(self._r.key_prefix, config.broker_group)
         self._clock = local_timings_clock
         self._decision = Decision(None, 0, "waiting for the shared record")
@@ -228,15 +86,22 @@ class SharedElector:
         self._max_epoch = 0
         self._pending: Record | None = None  # a fail-back waiting for the round to end
         self._record: Record | None = None
+        self._foreign: str = ""  # the record names a broker we do not have: why
+        self._group: Membership | None = None
         self._live = 0
         self._reachable = False
         self._error = "not connected yet"
         self._started = self._unreachable_since = time.monotonic()
         self._active_dead_since: float | None = None
         self._dirty = asyncio.Event()
+        self._step_script = client.register_script(STEP_SCRIPT)
         self._cas = client.register_script(CAS_SCRIPT)
+        lost = max(0.01, self._r.refresh_s / 20)
+        self._lost = Backoff(lost, max(lost, self._r.refresh_s), jitter=0.9)
+        self._hold_until = 0.0  # after a lost compare-and-set: no new proposal before
         self._seq = 0
         self._seen: dict[str, tuple[int, float]] = {}  # view field -> (seq, when it last moved)
+        self._brokers = {b.id: b.priority for b in config.brokers}
         self.redis_errors = 0
 
     # --- the Elector interface ------------------------------------------------------
@@ -256,7 +121,7 @@ class SharedElector:
             self._adopt(record)
         if changed or not busy:
             self._dirty.set()  # report the new view now; a round's end may allow a fail-back
-        if not self._reachable:
+        if not self._reachable or self._foreign:
             self._local_fallback()
 
     def status(self) -> ElectionStatus:
@@ -268,7 +133,16 @@ class SharedElector:
             )
         rec = self._record
         state = f"connected: epoch {rec.epoch} by {rec.by}" if rec else "connected: no record"
-        return ElectionStatus(state, self._live)
+        problems: list[str] = []
+        group = self._group
+        if group is not None:
+            if conflict := group.conflict():
+                problems.append(f"broker lists conflict: {conflict}")
+            elif differ := group.differ():
+                state += f"; broker lists differ ({differ})"
+        if self._foreign:
+            problems.append(self._foreign)
+        return ElectionStatus(state, self._live, tuple(problems))
 
     def on_store_error(self, exc: BaseException) -> None:
         """Any Redis failure (also from the statistics writer) marks the store unreachable."""
@@ -301,6 +175,15 @@ class SharedElector:
     def _adopt(self, record: Record) -> None:
         self._record = record
         self._max_epoch = max(self._max_epoch, record.epoch)
+        if record.broker not in self._brokers:
+            self._foreign = (
+                f"shared record (epoch {record.epoch}) names broker {record.broker}, which "
+                f"is not one of this sidecar's brokers ({', '.join(self._brokers)}); "
+                "deciding locally"
+            )
+            self._local_fallback(at_once=True)
+            return
+        self._foreign = ""
         cur = self._decision
         if record.epoch < cur.epoch and cur.broker_id is not None:
             return  # an older record (a lost write): the planner re-creates it higher
@@ -311,23 +194,26 @@ class SharedElector:
         reason = f"{record.reason} (epoch {record.epoch}, decided by {record.by})"
         self._set(Decision(record.broker, record.epoch, reason))
 
-    def _local_fallback(self) -> None:
-        """Store unreachable: keep the decision unless its broker stays dead for grace_s."""
+    def _local_fallback(self, *, at_once: bool = False) -> None:
+        """No usable shared record: keep the decision unless its broker stays dead for
+        grace_s (at once when the record names a broker we do not have)."""
         cur = self._decision
-        if cur.broker_id is not None and self._ready(cur.broker_id):
+        usable = cur.broker_id in self._brokers
+        if usable and self._ready(cur.broker_id):
             self._active_dead_since = None
             return
         now = time.monotonic()
-        if self._active_dead_since is None:
-            self._active_dead_since = now
-        if now - self._active_dead_since < self._r.grace_s:
-            return
-        if cur.broker_id is None and now - self._started < self._r.grace_s:
-            return  # at start, give the store its chance first
+        if not (at_once or self._foreign):
+            if self._active_dead_since is None:
+                self._active_dead_since = now
+            if now - self._active_dead_since < self._r.grace_s:
+                return
+            if cur.broker_id is None and now - self._started < self._r.grace_s:
+                return  # at start, give the store its chance first
         broker, why, _ = decide(self._links, None, False, self._config.timings, self._clock())
         if broker is not None and broker != cur.broker_id:
-            reason = f"shared store unreachable ({self._error}): local fail-over, {why}"
-            self._set(Decision(broker, cur.epoch, reason))
+            cause = self._foreign or f"shared store unreachable ({self._error})"
+            self._set(Decision(broker, cur.epoch, f"{cause}: local fail-over, {why}"))
 
     # --- talking to the store -------------------------------------------------------
 
@@ -336,24 +222,21 @@ class SharedElector:
         up = {s.id: round(now_wall - (now - s.since), 3) for s in self._links if s.ready}
         self._seq += 1
         failures = {s.id: s.failures for s in self._links}
-        return View(self._id, self._max_epoch, up, failures, self._seq)
+        return View(self._id, self._max_epoch, up, failures, self._seq, dict(self._brokers))
 
-    def _parse_record(self, text: str | None) -> Record | None:
-        return parse_record(text)
-
-    async def _read_record(self) -> Record | None:
-        return await read_record(self._client, self.keys)
-
-    def _live_views(self, fields: dict[str, str]) -> tuple[list[View], list[str]]:
-        """The views whose ``seq`` moved within ``view_ttl_s``, and the dead fields."""
+    def _live_views(self, state: GroupState) -> tuple[list[View], list[str]]:
+        """The views whose ``seq`` moved within ``view_ttl_s``, and the fields to remove."""
         now = time.monotonic()
         views, dead = [], []
-        for name, text in fields.items():
-            if not name.startswith(VIEW_PREFIX) or name == VIEW_PREFIX + self._id:
+        for name, problem in state.bad_views.items():
+            self._drops.add("view", f"{self.keys.group_hash} {name}", "", problem)
+            dead.append(name)
+        for name, view in state.views.items():
+            if name == VIEW_PREFIX + self._id:
                 continue
-            try:
-                view = View.from_json(text)
-            except (ValueError, KeyError, TypeError):
+            if view.instance == self._id or name != VIEW_PREFIX + view.instance:
+                problem = f"field {name} holds the view of {view.instance!r}"
+                self._drops.add("view", f"{self.keys.group_hash} {name}", "", problem)
                 dead.append(name)
                 continue
             seen = self._seen.get(name)
@@ -368,42 +251,69 @@ class SharedElector:
         return views, dead
 
     async def _step(self) -> None:
-        """Report our view, read the shared state (one HGETALL), propose if the rules say so."""
+        """Report our view and read the group back (one script), propose if the rules say so."""
         me = self._my_view()
-        await self._client.hset(self.keys.group_hash, VIEW_PREFIX + self._id, me.to_json())
-        raw = await self._client.hgetall(self.keys.group_hash)
-        fields = {str(k): str(v) for k, v in raw.items()}
-        record = self._parse_record(fields.get(RECORD_FIELD))
-        views, dead = self._live_views(fields)
-        if dead:  # a sidecar that stopped reporting: drop it for everyone
+        reply = await self._step_script(
+            keys=[self.keys.group_hash], args=[VIEW_PREFIX + self._id, me.to_json()]
+        )
+        try:
+            state = parse_step_reply(reply)
+        except MalformedInput as exc:
+            self._drops.add("redis_reply", "step script", "", exc.message)
+            return
+        if state.wrong_type:
+            problem = f"the group key was a {state.wrong_type}, not a hash; deleted"
+            self._drops.add("record", self.keys.group_hash, "", problem)
+        if state.record_problem:
+            self._drops.add("record", f"{self.keys.group_hash} record", "", state.record_problem)
+        views, dead = self._live_views(state)
+        if dead:  # a sidecar that stopped reporting, or a field that is not a view
             await self._client.hdel(self.keys.group_hash, *dead)
         self._live = len(views) + 1
+        self._group = membership(me, views, self._config)
         if not self._reachable:
             log.warning("shared store reachable again: adopting the shared record")
         self._reachable, self._error = True, ""
         self._active_dead_since = None
+        record = state.record
+        self._max_epoch = max(self._max_epoch, state.epoch_floor)
         if record is not None:
             self._adopt(record)
+        else:
+            self._record = None
+            self._foreign = ""
         settled = all(s.state is not LinkState.CONNECTING for s in self._links) or (
             time.monotonic() - self._started >= self._r.grace_s
         )
+        if time.monotonic() < self._hold_until:
+            return  # we just lost a race: let the winner's record settle first
         proposal = plan(record, views, me, self._links, self._decision.broker_id, self._busy,
-                        self._config, time.time(), settled)  # fmt: skip
-        if proposal is not None:
-            await self._propose(proposal)
+                        self._config, time.time(), settled, problem=state.record_problem,
+                        floor=state.epoch_floor)  # fmt: skip
+        if proposal is None:
+            self._lost.reset()
+        else:
+            await self._propose(proposal, state.record_sha)
 
-    async def _propose(self, p: Proposal) -> None:
-        expected = "" if p.expected is None else str(p.expected)
+    async def _propose(self, p: Proposal, seen_sha: str) -> None:
         record = Record(p.broker, p.epoch, self._id, time.time(), p.reason)
-        won, _ = await self._cas(
+        reply = await self._cas(
             keys=[self.keys.group_hash],
-            args=[expected, record.to_json(), p.epoch, self.keys.channel],
+            args=[seen_sha, record.to_json(), p.epoch, self.keys.channel],
         )
+        try:
+            won = parse_cas_reply(reply)
+        except MalformedInput as exc:
+            self._drops.add("redis_reply", "compare-and-set script", "", exc.message)
+            won = False
         if won:
+            self._lost.reset()
             log.info("shared record: %s -> epoch %d (%s)", p.broker, p.epoch, p.reason)
             self._adopt(record)
-        else:
-            self._dirty.set()  # lost the race: read what won and look again
+            return
+        # Lost the race (or the record changed under us): read what won, after a pause.
+        self._hold_until = time.monotonic() + self._lost.next()
+        self._dirty.set()
 
     # --- loops ----------------------------------------------------------------------
 
@@ -424,8 +334,12 @@ class SharedElector:
                 await self._step()
             except RedisError as exc:
                 self.on_store_error(exc)
+            pause = self._r.refresh_s
+            if self._hold_until > time.monotonic():
+                await asyncio.sleep(self._hold_until - time.monotonic())
+                continue
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._r.refresh_s):
+                async with asyncio.timeout(pause):
                     await self._dirty.wait()
 
     async def _watch(self) -> None:
@@ -441,9 +355,11 @@ class SharedElector:
                         ignore_subscribe_messages=True, timeout=self._r.refresh_s
                     )
                     if message is not None:
-                        record = await self._read_record()
+                        record = await read_record(self._client, self.keys)
                         if record is not None:
                             self._adopt(record)
+                        else:
+                            self._dirty.set()  # unusable: the reporter heals it
             except RedisError as exc:
                 self.on_store_error(exc)
                 await asyncio.sleep(self._r.refresh_s)

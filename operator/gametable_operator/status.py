@@ -1,7 +1,8 @@
 """A GameTable's status: what its sidecars report through Redis, turned into conditions.
 
 The sidecars' keys are read with the gateway's own readers (``gateway.stats.read_fleet``,
-``gateway.shared_record.read_record``), so the key layout is defined once.
+``gateway.shared_state.read_group``), so the key layout is defined once; what does not
+parse there is skipped, never raised.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from redis.exceptions import RedisError
 
 from gateway.config import RedisConfig
 from gateway.errors import Unavailable
-from gateway.shared_record import read_record
+from gateway.shared_plan import lists_conflict
+from gateway.shared_state import read_group
 from gateway.stats import SidecarStats, read_fleet
 from gateway.store import Keys
 
@@ -32,6 +34,8 @@ class Observed:
     sidecars: tuple[SidecarStats, ...] = ()
     error: str = ""
     configured: bool = True  # False: the operator has no Redis to read
+    conflict: str = ""  # the group's sidecars share no broker (their broker lists differ)
+    record_problem: str = ""  # the stored record is unusable (the sidecars replace it)
 
     def applied(self, generation: int) -> int:
         return sum(1 for s in self.sidecars if s.config_generation == generation)
@@ -62,14 +66,18 @@ async def observe(client: redis.Redis | None, gametable: Mapping[str, Any]) -> O
     prefix = (spec.get("redis") or {}).get("keyPrefix") or RedisConfig().key_prefix
     keys = Keys(prefix, spec["brokerGroup"]["name"])
     try:
-        record = await read_record(client, keys)
+        group = await read_group(client, keys)
         fleet = await read_fleet(client, keys)
     except (RedisError, Unavailable, OSError) as exc:
         return Observed(error=f"cannot read Redis: {exc}")
     mine = tuple(s for s in fleet if s.table_code == spec["tableCode"])
+    conflict = lists_conflict(group.views.values())
+    record = group.record
     if record is None:
-        return Observed(sidecars=mine)
-    return Observed(active_broker=record.broker, epoch=record.epoch, sidecars=mine)
+        return Observed(sidecars=mine, conflict=conflict, record_problem=group.record_problem)
+    return Observed(
+        active_broker=record.broker, epoch=record.epoch, sidecars=mine, conflict=conflict
+    )
 
 
 def conditions(generation: int, rendered: Rendered, seen: Observed) -> list[Condition]:
@@ -106,6 +114,8 @@ def _degraded(seen: Observed) -> Condition:
                          "the operator has no Redis to read the sidecars' status from")  # fmt: skip
     if seen.error:
         return Condition(DEGRADED, "True", "RedisUnavailable", seen.error)
+    if seen.conflict:
+        return Condition(DEGRADED, "True", "BrokerListConflict", seen.conflict)
     rejected = [s for s in seen.sidecars if s.config_error]
     if rejected:
         first = rejected[0]

@@ -14,7 +14,7 @@ from gateway.app import Sidecar
 from gateway.config import RedisConfig
 from gateway.election import Decision
 from gateway.sandbox import MosquittoProcess, RedisProcess
-from gateway.shared_record import CAS_SCRIPT, Record
+from gateway.shared_state import Record, compare_and_set, record_sha
 from gateway.sim import Behaviour
 from gateway.store import RECORD_FIELD, Keys, connect
 from gateway.v1 import gateway_pb2 as pb
@@ -112,18 +112,20 @@ async def test_ten_concurrent_proposers_make_exactly_one_switch(
     """Ten CAS writes racing on one epoch: exactly one wins, the epoch grows by one."""
     client = connect(RedisConfig(url=redis_server.url))
     try:
-        cas = client.register_script(CAS_SCRIPT)
 
-        def record(broker: str, epoch: int) -> str:
-            return Record(broker, epoch, "test", 0.0, "race").to_json()
+        def record(broker: str, epoch: int) -> Record:
+            return Record(broker, epoch, "test", 0.0, "race")
 
-        hash_key, channel = KEYS.group_hash, KEYS.channel
-        assert (await cas(keys=[hash_key], args=["", record("b1", 1), 1, channel]))[0] == 1
+        assert await compare_and_set(client, KEYS, "", record("b1", 1))
+        first = await client.hget(KEYS.group_hash, RECORD_FIELD)  # type: ignore[misc]
         results = await asyncio.gather(
-            *(cas(keys=[hash_key], args=["1", record(f"b{i}", 2), 2, channel]) for i in range(10))
+            *(
+                compare_and_set(client, KEYS, record_sha(first), record(f"b{i}", 2))
+                for i in range(10)
+            )
         )
-        assert sum(won for won, _ in results) == 1
-        stored = Record.from_json(await client.hget(hash_key, RECORD_FIELD))  # type: ignore[misc]
+        assert sum(results) == 1
+        stored = Record.from_json(await client.hget(KEYS.group_hash, RECORD_FIELD))  # type: ignore[misc]
         assert stored.epoch == 2
     finally:
         await client.aclose()
