@@ -5,12 +5,16 @@ the round being waited for, so the round logic in ``detect.py`` only ever sees o
 
 - ``Answer``: a valid, complete result for exactly this round;
 - ``IdpFailure``: the IDP reported an error code (other than -1) for this round;
-- ``NotYet``: ``err -1`` (with or without a round id) or an early empty frame;
+- ``NotYet``: ``err -1`` (with or without a round id), an early empty frame, or a
+  Baccarat hand still being dealt;
 - ``Foreign``: a frame for another or an earlier round;
-- ``Invalid``: anything else (bad JSON, wrong types, out-of-range values, oversized).
+- ``Invalid``: anything else (bad JSON, wrong types, out-of-range values, oversized or
+  absurdly nested frames, a Baccarat hand the tableau forbids).
 
 The contract is in the IDP protocol notes: a result is returned only when the IDP sent
-it for the round being waited for.
+it for the round being waited for. ``classify`` never raises: whatever bytes a device
+publishes, the answer is one of the frame classes above. ``parse_shaker_state`` reads the
+SicBo shaker's plain-text state messages.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.errors import InvalidRequest
+from gateway import baccarat
+from gateway.errors import InvalidRequest, MalformedInput
 
 MAX_FRAME_BYTES = 64 * 1024
+MAX_NESTING = 32  # a result frame nests 3 deep; anything far deeper is hostile
+MAX_SHAKER_BYTES = 16
 MAX_ROUND_ID_CHARS = 128
 MAX_URL_CHARS = 2048
 STREAM_SCHEMES = frozenset({"rtmp", "rtmps", "rtsp", "rtsps", "http", "https", "srt"})
@@ -181,10 +188,29 @@ def check_stream_url(field: str, url: str) -> str:
 # --- frame classification ------------------------------------------------------------
 
 
-def classify(game: Game, payload: bytes, round_id: str) -> Frame:
-    """Classify one response frame against the round being waited for."""
+def classify(game: Game, payload: bytes, round_id: str, *, baccarat_tableau: bool = True) -> Frame:
+    """Classify one response frame against the round being waited for.
+
+    With ``baccarat_tableau`` (the default) a Baccarat hand is an answer only once it is
+    final by the punto banco tableau; without it, the first frame with the first four
+    cards is (for variants that deal differently). Never raises: a frame that cannot be
+    read, whatever the bytes, is ``Invalid`` with the reason.
+    """
+    try:
+        return _classify(game, payload, round_id, baccarat_tableau)
+    except RecursionError:
+        return Invalid("frame nests too deeply to decode")
+    except MemoryError:
+        return Invalid("frame too large to decode")
+    except Exception as exc:  # a device's bytes must never end the process
+        return Invalid(f"unreadable frame: {_describe(exc)}")
+
+
+def _classify(game: Game, payload: bytes, round_id: str, baccarat_tableau: bool) -> Frame:
     if len(payload) > MAX_FRAME_BYTES:
         return Invalid(f"frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
+    if _nests_deeper_than(payload, MAX_NESTING):
+        return Invalid(f"frame nests deeper than {MAX_NESTING} levels")
     try:
         doc = json.loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -192,37 +218,70 @@ def classify(game: Game, payload: bytes, round_id: str) -> Frame:
     if not isinstance(doc, dict):
         return Invalid(f"frame is a JSON {type(doc).__name__}, not an object")
     if doc.get("response") != "result":
-        return Invalid(f"unknown response {doc.get('response')!r}")
+        return Invalid(f"unknown response {_short(doc.get('response'))}")
     arg = doc.get("arg")
     if not isinstance(arg, dict):
         return Invalid("arg is missing or not an object")
     err = arg.get("err")
     if isinstance(err, bool) or not isinstance(err, int):
-        return Invalid(f"err is not an integer: {err!r}")
+        return Invalid(f"err is not an integer: {_short(err)}")
     frame_round = arg.get("round_id")
     if frame_round is None:
         if err == ERR_NOT_YET:
             return NotYet("err -1 without round_id")
-        return Invalid(f"frame with err {err} has no round_id")
+        return Invalid(f"frame with err {_short(err)} has no round_id")
     if not isinstance(frame_round, str):
-        return Invalid(f"round_id is not a string: {frame_round!r}")
+        return Invalid(f"round_id is not a string: {_short(frame_round)}")
     if frame_round != round_id:
         return Foreign(frame_round)
     if err == ERR_NOT_YET:
         return NotYet("err -1")
     if err != ERR_OK:
         return IdpFailure(round_id, err)
-    return _classify_result(game, round_id, arg.get("res"))
+    return _classify_result(game, round_id, arg.get("res"), baccarat_tableau)
 
 
-def _classify_result(game: Game, round_id: str, res: Any) -> Frame:
+_STRUCTURE = re.compile(rb'["\\\[\]{}]')
+
+
+def _nests_deeper_than(payload: bytes, limit: int) -> bool:
+    """Whether the JSON text opens more than ``limit`` arrays/objects at once.
+
+    Checked before decoding, so a frame like ``[[[[...`` costs a scan, not a recursion.
+    Frames with few brackets (every real one) skip the scan.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False
+    depth, in_string, skip = 0, False, -1
+    for match in _STRUCTURE.finditer(payload):
+        at = match.start()
+        if at == skip:
+            continue
+        char = payload[at]
+        if in_string:
+            if char == 0x5C:  # backslash: the next byte is escaped
+                skip = at + 1
+            elif char == 0x22:
+                in_string = False
+        elif char == 0x22:
+            in_string = True
+        elif char in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in b"]}":
+            depth -= 1
+    return False
+
+
+def _classify_result(game: Game, round_id: str, res: Any, baccarat_tableau: bool) -> Frame:
     if res is None or res == []:
         return NotYet("empty result")
     if game is Game.SICBO:
         return _sicbo(round_id, res)
     if game is Game.ROULETTE:
         return _roulette(round_id, res)
-    return _baccarat(round_id, res)
+    return _baccarat(round_id, res, baccarat_tableau)
 
 
 def _sicbo(round_id: str, res: Any) -> Frame:
@@ -239,17 +298,52 @@ def _roulette(round_id: str, res: Any) -> Frame:
     return Answer(round_id, RouletteNumber(res))
 
 
-def _baccarat(round_id: str, res: Any) -> Frame:
+def _baccarat(round_id: str, res: Any, tableau: bool) -> Frame:
     if not isinstance(res, list) or len(res) != BACCARAT_CARDS:
         return Invalid(f"baccarat res must be {BACCARAT_CARDS} cards, got {_short(res)}")
     if not all(isinstance(c, str) and (c == "" or _CARD.fullmatch(c)) for c in res):
         return Invalid(f'baccarat cards must be rank+suit or "", got {_short(res)}')
     if not any(res):
         return NotYet("no cards yet")
-    if not all(res[:BACCARAT_REQUIRED]):
-        return NotYet("fewer than the first 4 cards")
     c = tuple(res)
-    return Answer(round_id, BaccaratHand((c[0], c[1], c[2], c[3], c[4], c[5])))
+    hand = BaccaratHand((c[0], c[1], c[2], c[3], c[4], c[5]))
+    if not tableau:
+        if not all(res[:BACCARAT_REQUIRED]):
+            return NotYet("fewer than the first 4 cards")
+        return Answer(round_id, hand)
+    verdict = baccarat.judge(hand.cards)
+    if isinstance(verdict, baccarat.Dealing):
+        return NotYet(verdict.missing)
+    if isinstance(verdict, baccarat.Forbidden):
+        return Invalid(f"baccarat hand the tableau forbids: {verdict.rule}: {_short(res)}")
+    return Answer(round_id, hand)
+
+
+def parse_shaker_state(payload: bytes) -> str:
+    """The state a SicBo shaker says on its ``says`` topic (``S0``, ``S1``, ``S2``, ``S90``).
+
+    Returns the stripped text; raises MalformedInput (and nothing else) for a payload that
+    is not short printable ASCII text.
+    """
+    try:
+        if not isinstance(payload, bytes | bytearray):
+            raise MalformedInput(f"shaker payload is {type(payload).__name__}, not bytes")
+        if len(payload) > MAX_SHAKER_BYTES:
+            raise MalformedInput(
+                f"shaker payload of {len(payload)} bytes exceeds {MAX_SHAKER_BYTES}"
+            )
+        if not payload.isascii():
+            raise MalformedInput(f"shaker payload is not ASCII: {_short(bytes(payload))}")
+        state = payload.decode("ascii").strip()
+        if not state:
+            raise MalformedInput("shaker payload is empty")
+        if not state.isprintable():
+            raise MalformedInput(f"shaker payload has control characters: {_short(state)}")
+        return state
+    except MalformedInput:
+        raise
+    except Exception as exc:  # a device's bytes must never end the process
+        raise MalformedInput(f"unreadable shaker payload: {_describe(exc)}") from exc
 
 
 def _is_int(value: Any) -> bool:
@@ -260,3 +354,11 @@ def _is_int(value: Any) -> bool:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _describe(exc: Exception) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose message cannot be built still has a type
+        text = ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

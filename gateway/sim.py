@@ -4,7 +4,9 @@ It stands on the *device* side of the brokers and speaks the wire contract of ID
 so it imports nothing from the ``gateway`` package. Integration tests run it in-process as an
 asyncio task; ``gateway sim`` / ``gateway demo`` run it from the CLI. Device misbehaviour (stale,
 garbage, oversize frames, silence, streams, shaker faults) is scripted per table so tests can
-prove the gateway survives it.
+prove the gateway survives it. A Baccarat IDP deals its hands by the punto banco tableau and,
+like the real device, publishes the hand as it is dealt before the final frame. ``sent``
+records every frame the IDPs published, so tests can check an answer against what was sent.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ ANSWERS = ("result", "error", "silence")
 ANSWER_ON = ("same", "all")
 _RANKS = ("A", "2", "3", "4", "5", "6", "7", "8", "9", "10", "J", "Q", "K")
 _SUITS = "CDHS"
+_ZERO_POINTS = ("10", "J", "Q", "K")
 _NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 _BACKOFF_MIN_S, _BACKOFF_MAX_S = 0.05, 0.5
 _OVERSIZE_PAD = 1 << 20
@@ -95,6 +98,10 @@ class Behaviour:
     ``err``, or nothing) ``repeats`` times, then every ``stream_interval_s`` (if > 0) until
     ``timeout`` or the next detect. ``answer_on`` "same" answers on the command's broker only,
     "all" on every connected broker.
+
+    With ``deal`` a Baccarat IDP answering a result first publishes the hand as it is dealt
+    (2 cards, 4 cards, then the player's third card if the final hand has both third
+    cards), spread over ``delay_s``; each stage that differs from the final hand is sent once.
     """
 
     delay_s: float = 0.05
@@ -110,6 +117,7 @@ class Behaviour:
     repeats: int = 1
     stream_interval_s: float = 0
     answer_on: str = "same"
+    deal: bool = True
 
     def __post_init__(self) -> None:
         if self.answer not in ANSWERS or self.answer_on not in ANSWER_ON:
@@ -143,19 +151,100 @@ class ReceivedCommand:
         return rid if isinstance(rid, str) else None
 
 
+@dataclass(frozen=True)
+class SentFrame:
+    """A frame a simulated IDP published, once per broker that took it.
+
+    ``round_id``, ``res`` and ``err`` are read from the frame's ``arg`` (None where the frame
+    is not a JSON object or has no such field); ``final`` marks the answer the IDP ends the
+    round with (a result or an error code, repeats included), never prelude or deal frames.
+    """
+
+    table_code: str
+    round_id: str | None
+    res: object
+    err: int | None
+    final: bool
+    broker: str
+    at: float
+
+
 def derive_result(game: str, round_id: str) -> object:
-    """The deterministic valid ``res`` the simulated IDP reports for a round."""
+    """The deterministic valid ``res`` the simulated IDP reports for a round.
+
+    A Baccarat hand is dealt from a shoe derived from the round id, drawing third cards by
+    the punto banco tableau, so it is always final and legal.
+    """
     h = hashlib.sha256(round_id.encode()).digest()
     if game == "sicbo":
         return [b % 6 + 1 for b in h[:3]]
     if game == "roulette":
         return int.from_bytes(h[:4], "big") % 37
-    cards = [_RANKS[h[2 * i] % 13] + _SUITS[h[2 * i + 1] % 4] for i in range(6)]
-    if h[12] % 2:
-        cards[4:] = ["", ""]
-    elif h[13] % 2:
-        cards[5] = ""
-    return cards
+    shoe = [_RANKS[h[2 * i] % 13] + _SUITS[h[2 * i + 1] % 4] for i in range(6)]
+    return _deal_hand(shoe)
+
+
+def _card_points(card: str) -> int:
+    rank = card[:-1]
+    return 0 if rank in _ZERO_POINTS else 1 if rank == "A" else int(rank)
+
+
+def _deal_hand(shoe: list[str]) -> list[str]:
+    """Player 1, banker 1, player 2, banker 2 from the shoe, then third cards as the tableau
+    says (player 3 from shoe[4], banker 3 from shoe[5])."""
+    p1, b1, p2, b2, p3, b3 = shoe
+    player = (_card_points(p1) + _card_points(p2)) % 10
+    banker = (_card_points(b1) + _card_points(b2)) % 10
+    if player >= 8 or banker >= 8:
+        return [p1, b1, p2, b2, "", ""]
+    third: int | None = None
+    if player <= 5:
+        third = _card_points(p3)
+    else:
+        p3 = ""
+    if third is None:
+        draws = banker <= 5
+    else:
+        draws = {
+            0: True,
+            1: True,
+            2: True,
+            3: third != 8,
+            4: 2 <= third <= 7,
+            5: 4 <= third <= 7,
+            6: third in (6, 7),
+        }.get(banker, False)
+    return [p1, b1, p2, b2, p3, b3 if draws else ""]
+
+
+def _deal_stages(res: object) -> list[list[str]]:
+    """The frames a Baccarat IDP sends while dealing ``res``: 2 cards, 4 cards, then the
+    player's third card alone; only stages that differ from ``res`` and from each other."""
+    if not isinstance(res, list) or len(res) != 6 or not all(isinstance(c, str) for c in res):
+        return []
+    stages: list[list[str]] = []
+    for shown in (2, 4, 5):
+        stage = [c if i < shown else "" for i, c in enumerate(res)]
+        if stage != res and stage not in stages and any(stage):
+            stages.append(stage)
+    return stages
+
+
+def _describe(payload: bytes) -> tuple[str | None, object, int | None]:
+    """``(round_id, res, err)`` of a published frame, None where it has no such field."""
+    try:
+        doc = json.loads(payload)
+    except ValueError:
+        return None, None, None
+    arg = doc.get("arg") if isinstance(doc, dict) else None
+    if not isinstance(arg, dict):
+        return None, None, None
+    rid, err = arg.get("round_id"), arg.get("err")
+    return (
+        rid if isinstance(rid, str) else None,
+        arg.get("res"),
+        err if isinstance(err, int) and not isinstance(err, bool) else None,
+    )
 
 
 def _raise_if_cancelled() -> None:
@@ -237,7 +326,8 @@ class IdpSimulator:
     ``behaviours`` (per table code) overrides the default ``behaviour``;
     ``shaker_fault`` / ``shaker_silent`` (per table code) script the shakers, and
     ``shaker_state`` holds each shaker's current state. ``commands`` records every
-    command received, in arrival order.
+    command received, in arrival order; ``sent`` every frame the IDPs published (not the
+    shakers' states), once per broker that took it, in publish order.
     """
 
     def __init__(
@@ -261,6 +351,7 @@ class IdpSimulator:
         self.shaker_silent: dict[str, bool] = dict.fromkeys(shakers, False)
         self.shaker_state: dict[str, str] = dict.fromkeys(shakers, "S0")
         self.commands: list[ReceivedCommand] = []
+        self.sent: list[SentFrame] = []
         self._client_id = f"{client_prefix}-{uuid.uuid4().hex[:10]}"
         self._routes: dict[str, tuple[SimTable, bool]] = {}
         for t in tables:
@@ -487,7 +578,15 @@ class IdpSimulator:
             res = derive_result(table.game, rid) if b.result is None else b.result
             final = {"round_id": rid, "res": res, "err": 0}
         for frame in self._prelude(table.game, rid, previous, b, final["res"]):
-            if not await self._publish_any(origins, topic, frame, b.answer_on):
+            if not await self._publish_any(origins, topic, frame, b.answer_on, (code, False)):
+                return
+        dealing = b.deal and b.answer == "result" and table.game == "baccarat"
+        stages = _deal_stages(final["res"]) if dealing else []
+        for i, stage in enumerate(stages, start=1):
+            at = start + b.delay_s * i / (len(stages) + 1)
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            frame = _frame({"round_id": rid, "res": stage, "err": 0})
+            if not await self._publish_any(origins, topic, frame, b.answer_on, (code, False)):
                 return
         await asyncio.sleep(max(0.0, b.delay_s - (time.monotonic() - start)))
         if b.answer == "silence":
@@ -497,7 +596,7 @@ class IdpSimulator:
         while sent < b.repeats or b.stream_interval_s > 0:
             if sent >= b.repeats:
                 await asyncio.sleep(b.stream_interval_s)
-            if not await self._publish_any(origins, topic, payload, b.answer_on):
+            if not await self._publish_any(origins, topic, payload, b.answer_on, (code, True)):
                 return
             sent += 1
             log.info(
@@ -546,17 +645,32 @@ class IdpSimulator:
             log.info("shaker %s says %s (via %s)", table.table_code, state, origin.broker)
 
     async def _publish_any(
-        self, origins: list[_Origin], topic: str, payload: bytes, answer_on: str
+        self,
+        origins: list[_Origin],
+        topic: str,
+        payload: bytes,
+        answer_on: str,
+        record: tuple[str, bool],
     ) -> bool:
-        """Publish through each origin (or all brokers); True if any got it out."""
+        """Publish an IDP frame through each origin (or all brokers); True if any got it out.
+
+        ``record`` is (table code, final) for the :class:`SentFrame` of each broker that took it.
+        """
         if answer_on == "all":
-            return await self._publish(origins[-1], topic, payload, answer_on)
+            return await self._publish(origins[-1], topic, payload, answer_on, record)
         results = await asyncio.gather(
-            *(self._publish(o, topic, payload, answer_on) for o in origins)
+            *(self._publish(o, topic, payload, answer_on, record) for o in origins)
         )
         return any(results)
 
-    async def _publish(self, origin: _Origin, topic: str, payload: bytes, answer_on: str) -> bool:
+    async def _publish(
+        self,
+        origin: _Origin,
+        topic: str,
+        payload: bytes,
+        answer_on: str,
+        record: tuple[str, bool] | None = None,
+    ) -> bool:
         """Publish QoS 1; False when the command's broker is gone (answer_on "same")."""
         if answer_on == "all":
             targets = list(self._clients.items())
@@ -568,14 +682,26 @@ class IdpSimulator:
         results = await asyncio.gather(
             *(c.publish(topic, payload, qos=1) for _, c in targets), return_exceptions=True
         )
+        took: list[str] = []
         for (bid, _), result in zip(targets, results, strict=True):
             if isinstance(result, Exception):
                 log.warning("sim publish on %s via %s failed: %s", topic, bid, result)
-                if answer_on == "same":
-                    return False
             elif isinstance(result, BaseException):
                 raise result
-        return True
+            else:
+                took.append(bid)
+        if record is not None and took:
+            await self._record(payload, record, took)
+        return answer_on != "same" or bool(took)
+
+    async def _record(self, payload: bytes, record: tuple[str, bool], brokers: list[str]) -> None:
+        (table_code, final), (rid, res, err) = record, _describe(payload)
+        at = time.monotonic()
+        async with self._changed:
+            self.sent.extend(
+                SentFrame(table_code, rid, res, err, final, broker, at) for broker in brokers
+            )
+            self._changed.notify_all()
 
 
 def _seconds(text: str) -> float:
@@ -645,6 +771,12 @@ def add_behaviour_arguments(parser: argparse.ArgumentParser) -> None:
         help="answer on the broker that carried the command, or on all",
     )
     g.add_argument(
+        "--deal",
+        action=argparse.BooleanOptionalAction,
+        default=d.deal,
+        help="Baccarat IDPs publish the hand as it is dealt before the final frame (default: on)",
+    )
+    g.add_argument(
         "--shaker-fault",
         action="store_true",
         help="shakers end their cycles with S90 (motion fault) instead of S0",
@@ -672,4 +804,5 @@ def behaviour_from_args(args: argparse.Namespace) -> Behaviour:
         repeats=args.repeats,
         stream_interval_s=args.stream_interval,
         answer_on=args.answer_on,
+        deal=args.deal,
     )

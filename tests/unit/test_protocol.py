@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, MalformedInput
 from gateway.protocol import (
     MAX_FRAME_BYTES,
+    MAX_NESTING,
     MAX_ROUND_ID_CHARS,
     MAX_URL_CHARS,
     Answer,
@@ -26,6 +27,7 @@ from gateway.protocol import (
     classify,
     encode_detect,
     encode_timeout,
+    parse_shaker_state,
 )
 
 SBO_ROUND = "SBO-001-20251120-101500"
@@ -87,18 +89,18 @@ def test_documented_results_are_answers(
         (Game.SICBO, [6, 6, 6], SicBoDice((6, 6, 6))),
         (
             Game.BACCARAT,
-            ["KD", "8S", "10H", "AC", "5C", ""],
-            BaccaratHand(("KD", "8S", "10H", "AC", "5C", "")),
+            ["2D", "4S", "3H", "3C", "5C", ""],
+            BaccaratHand(("2D", "4S", "3H", "3C", "5C", "")),
         ),
         (
             Game.BACCARAT,
-            ["KD", "8S", "10H", "AC", "", "9D"],
-            BaccaratHand(("KD", "8S", "10H", "AC", "", "9D")),
+            ["3D", "2S", "3H", "2C", "", "9D"],
+            BaccaratHand(("3D", "2S", "3H", "2C", "", "9D")),
         ),
         (
             Game.BACCARAT,
-            ["KD", "8S", "10H", "AC", "5C", "QS"],
-            BaccaratHand(("KD", "8S", "10H", "AC", "5C", "QS")),
+            ["2D", "2S", "3H", "2C", "5C", "QS"],
+            BaccaratHand(("2D", "2S", "3H", "2C", "5C", "QS")),
         ),
     ],
     ids=[
@@ -112,7 +114,7 @@ def test_documented_results_are_answers(
     ],
 )
 def test_boundary_and_full_results_are_answers(game: Game, res: Any, expected: Any) -> None:
-    """Edge values and baccarat hands with a 5th/6th card are returned as answers."""
+    """Edge values and final baccarat hands with a 5th/6th card are returned as answers."""
     assert classify(game, _frame("R-1", res), "R-1") == Answer("R-1", expected)
 
 
@@ -188,8 +190,7 @@ def test_unknown_err_is_reported_with_its_code(err: int) -> None:
         (Game.BACCARAT, ["", "", "", "", "", ""]),
         (Game.BACCARAT, ["KD", "", "", "", "", ""]),
         (Game.BACCARAT, ["KD", "8S", "10H", "", "", ""]),
-        (Game.BACCARAT, ["KD", "8S", "", "AC", "", ""]),
-        (Game.BACCARAT, ["", "8S", "10H", "AC", "5C", ""]),
+        (Game.BACCARAT, ["2D", "4S", "3H", "3C", "", ""]),
     ],
     ids=[
         "sicbo-empty-list",
@@ -200,12 +201,11 @@ def test_unknown_err_is_reported_with_its_code(err: int) -> None:
         "baccarat-no-cards",
         "baccarat-1-card",
         "baccarat-3-cards",
-        "baccarat-gap-in-first-4",
-        "baccarat-missing-player1",
+        "baccarat-player-third-card-due",
     ],
 )
 def test_early_frames_are_not_yet(game: Game, res: Any) -> None:
-    """Early empty frames and baccarat hands without the first 4 cards are not answers yet."""
+    """Early empty frames and baccarat hands still being dealt are not answers yet."""
     assert isinstance(classify(game, _frame("R-1", res), "R-1"), NotYet)
 
 
@@ -275,6 +275,9 @@ def test_early_frames_are_not_yet(game: Game, res: Any) -> None:
         (Game.BACCARAT, _frame("R-1", ["KD", "8S", "10H", "AC"])),
         (Game.BACCARAT, _frame("R-1", "KD 8S 10H AC")),
         (Game.BACCARAT, _frame("R-1", 7)),
+        (Game.BACCARAT, _frame("R-1", ["KD", "8S", "", "AC", "", ""])),
+        (Game.BACCARAT, _frame("R-1", ["", "8S", "10H", "AC", "5C", ""])),
+        (Game.BACCARAT, _frame("R-1", ["KD", "8S", "10H", "AC", "5C", ""])),
     ],
     ids=[
         "not-json",
@@ -334,6 +337,9 @@ def test_early_frames_are_not_yet(game: Game, res: Any) -> None:
         "baccarat-4-slots",
         "baccarat-string",
         "baccarat-int",
+        "baccarat-gap-in-first-4",
+        "baccarat-missing-player1",
+        "baccarat-third-card-after-natural",
     ],
 )
 def test_malformed_frames_are_invalid(game: Game, payload: bytes) -> None:
@@ -379,6 +385,65 @@ def test_frame_at_the_size_limit_is_accepted() -> None:
 def test_non_utf8_bytes_are_invalid(payload: bytes) -> None:
     """Bytes that are not UTF-8 are a device fault, not an exception in the gateway."""
     assert isinstance(classify(Game.ROULETTE, payload, "R-1"), Invalid)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"[" * 5000, "nests deeper than"),
+        (b'{"response": "result", "arg": ' * 40 + b"{}" + b"}" * 40, "nests deeper than"),
+        (
+            b'{"response": "result", "arg": {"round_id": "R-1", "res": '
+            + b"[" * 2000
+            + b"]" * 2000
+            + b', "err": 0}}',
+            "nests deeper than",
+        ),
+        (
+            b'{"response": "result", "arg": {"round_id": "R-1", "res": 1' + b"0" * 5000 + b"}}",
+            "JSON",
+        ),
+    ],
+    ids=["open-brackets", "nested-objects", "nested-res", "over-long-integer"],
+)
+def test_hostile_frames_are_invalid_not_exceptions(payload: bytes, reason: str) -> None:
+    """Absurd nesting or over-long numbers come back as Invalid naming why, never an error."""
+    frame = classify(Game.ROULETTE, payload, "R-1")
+    assert isinstance(frame, Invalid)
+    assert reason in frame.reason
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
+    """A round id full of brackets is text, so its result is still the answer."""
+    round_id = "R-[{" * 30 + '\\"]'
+    payload = json.dumps(
+        {"response": "result", "arg": {"round_id": round_id, "res": 7, "err": 0}}
+    ).encode()
+    assert payload.count(b"[") + payload.count(b"{") > MAX_NESTING
+    assert classify(Game.ROULETTE, payload, round_id) == Answer(round_id, RouletteNumber(7))
+
+
+# --- shaker states -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "state"),
+    [(b"S0", "S0"), (b"S1", "S1"), (b"S2\n", "S2"), (b" S90\r\n", "S90")],
+)
+def test_shaker_states_are_read_stripped(payload: bytes, state: str) -> None:
+    """The shaker's documented states come back as text without surrounding whitespace."""
+    assert parse_shaker_state(payload) == state
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"  \n", b"S0" * 9, b"S\xff", "S0\u00e9".encode(), b"S\x000", b"S\x1b[0"],
+    ids=["empty", "blank", "too-long", "not-ascii", "utf8", "nul", "escape"],
+)
+def test_unreadable_shaker_payloads_raise_malformed_input(payload: bytes) -> None:
+    """Anything but short printable ASCII text is MalformedInput, never another error."""
+    with pytest.raises(MalformedInput, match="shaker payload"):
+        parse_shaker_state(payload)
 
 
 # --- commands ----------------------------------------------------------------------------
