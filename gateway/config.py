@@ -9,7 +9,10 @@ Two file formats are accepted, both JSON:
 
 Credentials may come from the file, from files (a mounted Kubernetes Secret) or from
 environment variables; a password written inside the config file logs a warning. A bad
-file fails with a ``ConfigError`` naming the file and the field.
+file fails with a ``ConfigError`` naming the file and the field, and nothing else: whatever
+the bytes (too large, not UTF-8, nested too deeply, NaN, lone surrogates), the loader
+raises ``ConfigError`` only, so a hot reload can keep a bad file out instead of ending the
+process. Messages never hold a secret's value.
 """
 
 from __future__ import annotations
@@ -17,12 +20,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
+import reprlib
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError as ConfigError  # re-exported for the operator
 from gateway.errors import InvalidRequest
@@ -32,7 +39,15 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_SECRET_BYTES = 64 * 1024  # a credential file or the Redis URL file
 _TOPIC_FORBIDDEN = re.compile(r"[+#\x00]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # not encodable as UTF-8: paho and redis-py fail
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_REDIS_SCHEMES = re.compile(r"^(rediss?|unix|rediss?\+sentinel)://")
+_CREDENTIAL_KEYS = ("username", "password")  # any text, even control characters
+_MAX_MESSAGE_CHARS = 2000
+_MAX_INT_DIGITS = 100
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")  # used with fullmatch
 
 
@@ -155,28 +170,35 @@ def derive_broker_group(brokers: tuple[BrokerConfig, ...]) -> str:
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> GatewayConfig:
-    """Read and validate a config file in either format."""
+    """Read and validate a config file in either format; ConfigError is all it raises."""
     source = str(path)
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{source}: file is {len(raw)} bytes; at most {MAX_CONFIG_BYTES}")
-    try:
-        doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{source}: not valid JSON: {exc}") from exc
-    return parse_config(doc, source=source, env=os.environ if env is None else env)
+        raw = _read_capped(source, MAX_CONFIG_BYTES)
+        doc = _decode_json(raw, source)
+        return parse_config(doc, source=source, env=os.environ if env is None else env)
+    except _Unreadable as exc:
+        _fail(f"{source}: {exc.problem}", exc.__cause__)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the last line of defence: one bad file never ends the process
+        _fail(f"{source}: unexpected {type(exc).__name__} while loading the file", exc)
 
 
 def parse_config(doc: Any, *, source: str, env: Mapping[str, str]) -> GatewayConfig:
-    """Validate a decoded config document (either format) into the model."""
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{source}: the top level must be a JSON object")
-    if "game_config" in doc and "version" not in doc:
-        return _parse_legacy(_Section(doc, "", source, strict=False), env)
-    return _parse_v1(_Section(doc, "", source, strict=True), env)
+    """Validate a decoded config document (either format) into the model.
+
+    ConfigError is all it raises, whatever ``doc`` holds.
+    """
+    try:
+        if not isinstance(doc, dict):
+            _fail(f"{source}: the top level must be a JSON object")
+        if "game_config" in doc and "version" not in doc:
+            return _parse_legacy(_Section(doc, "", source, strict=False), env)
+        return _parse_v1(_Section(doc, "", source, strict=True), env)
+    except ConfigError:
+        raise
+    except Exception as exc:  # the last line of defence, as in load_config
+        _fail(f"{source}: unexpected {type(exc).__name__} while validating the document", exc)
 
 
 def dump_config(config: GatewayConfig) -> dict[str, Any]:
@@ -249,7 +271,7 @@ def _parse_v1(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
     brokers = tuple(_broker_v1(b, env) for b in top.sections("brokers"))
     _check_brokers(top, brokers)
     timings = _timings(top.opt_section("failover"))
-    redis = _redis(top.opt_section("redis"), env)
+    redis = _redis(top.opt_section("redis"), env, top.source)
     group = top.opt_string("broker_group") or derive_broker_group(brokers)
     config = GatewayConfig(
         table=table,
@@ -304,7 +326,7 @@ def _parse_legacy(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
         table=table,
         brokers=frozen,
         broker_group=derive_broker_group(frozen),
-        redis=_redis(None, env),
+        redis=_redis(None, env, top.source),
         environment=top.string("environment", "production"),
         source=top.source,
     )
@@ -316,13 +338,13 @@ def _table(s: _Section, **kw: Any) -> TableConfig:
     except ValueError:
         s.fail(
             "game" if "game" in s.data else "game_type",
-            f"unknown game {kw['game']!r}; expected one of {', '.join(g.value for g in Game)}",
+            f"unknown game {_show(kw['game'])}; expected one of {', '.join(g.value for g in Game)}",
         )
     code = kw["code"]
     if not _ID.fullmatch(code):
         s.fail(
             "code" if "code" in s.data else "game_code",
-            f"table code {code!r} must be 1-63 letters, digits, '.', '_', ':' or '-'",
+            f"table code {_show(code)} must be 1-63 letters, digits, '.', '_', ':' or '-'",
         )
     command, response = default_topics(code)
     for key, default in (("command_topic", command), ("response_topic", response)):
@@ -335,9 +357,9 @@ def _table(s: _Section, **kw: Any) -> TableConfig:
         key = f"subscribe_topics[{i}]"
         _topic(s, key, topic)
         if topic in (kw["command_topic"], kw["response_topic"]):
-            s.fail(key, f"{topic!r} is the table's command or response topic")
+            s.fail(key, f"{_show(topic)} is the table's command or response topic")
         if topic in extra[:i]:
-            s.fail(key, f"{topic!r} is listed twice")
+            s.fail(key, f"{_show(topic)} is listed twice")
     kw["subscribe_topics"] = tuple(extra)
     for key, name in (("input_url", "input"), ("output_url", "output")):
         if kw[key] is not None:
@@ -354,7 +376,7 @@ def _broker_v1(b: _Section, env: Mapping[str, str]) -> BrokerConfig:
     port = b.integer("port", 1883, lo=1, hi=65535)
     broker_id = b.string("id", f"{host}:{port}")
     if not _ID.fullmatch(broker_id):
-        b.fail("id", f"{broker_id!r} must be 1-63 letters, digits, '.', '_', ':' or '-'")
+        b.fail("id", f"{_show(broker_id)} must be 1-63 letters, digits, '.', '_', ':' or '-'")
     username, password = _credentials(b, broker_id, env)
     tls = None
     t = b.opt_section("tls")
@@ -368,6 +390,9 @@ def _broker_v1(b: _Section, env: Mapping[str, str]) -> BrokerConfig:
         )
         if (tls.cert_file is None) != (tls.key_file is None):
             t.fail("cert_file", "cert_file and key_file must be given together")
+        name = tls.server_name
+        if name is not None and (not name or name.startswith(".") or not _resolvable(name)):
+            t.fail("server_name", f"{_show(name)} is not a host name")
         t.done()
     broker = BrokerConfig(
         id=broker_id,
@@ -391,27 +416,25 @@ def _credentials(
     found: list[str | None] = []
     slug = re.sub(r"[^A-Z0-9]", "_", broker_id.upper())
     directory = b.opt_string("credentials_dir")
-    for part in ("username", "password"):
+    for part in _CREDENTIAL_KEYS:
         inline = b.opt_string(part)
         value: str | None = None
         path = b.opt_string(f"{part}_file")
-        if path is None and directory is not None:
-            candidate = Path(directory) / part
-            path = str(candidate) if candidate.exists() else None
         if path is not None:
-            try:
-                value = Path(path).read_text().strip()
-            except OSError as exc:
-                b.fail(f"{part}_file", f"cannot read {path}: {exc.strerror or exc}")
+            value = _read_secret(b, f"{part}_file", path, missing_ok=False)
+        elif directory is not None:
+            # An absent file in the mounted Secret is not an error: the environment may supply it.
+            value = _read_secret(b, "credentials_dir", str(Path(directory) / part), missing_ok=True)
         ref = b.opt_string(f"{part}_env")
         if value is None and ref is not None:
             if ref not in env:
                 b.fail(f"{part}_env", f"environment variable {ref} is not set")
-            value = env[ref]
+            value = _env_secret(b, f"{part}_env", ref, env[ref])
         if value is None:
-            value = env.get(f"GATEWAY_BROKER_{slug}_{part.upper()}") or env.get(
-                f"GATEWAY_BROKER_{part.upper()}"
-            )
+            for name in (f"GATEWAY_BROKER_{slug}_{part.upper()}", f"GATEWAY_BROKER_{part.upper()}"):
+                if env.get(name):
+                    value = _env_secret(b, part, name, env[name])
+                    break
         if value is None and inline is not None:
             value = inline
             if part == "password" and inline:
@@ -431,31 +454,34 @@ def _check_brokers(top: _Section, brokers: tuple[BrokerConfig, ...]) -> None:
     seen: dict[str, int] = {}
     for i, b in enumerate(brokers):
         if b.id in seen:
-            top.fail(f"brokers[{i}]", f"duplicate broker id {b.id!r} (also brokers[{seen[b.id]}])")
+            top.fail(
+                f"brokers[{i}]", f"duplicate broker id {_show(b.id)} (also brokers[{seen[b.id]}])"
+            )
         seen[b.id] = i
 
 
-def _redis(r: _Section | None, env: Mapping[str, str]) -> RedisConfig:
+def _redis(r: _Section | None, env: Mapping[str, str], source: str) -> RedisConfig:
     """Redis settings; the URL from ``url_file``, ``url_env``, ``url``, then GATEWAY_REDIS_URL."""
     d = RedisConfig()
     url = env.get("GATEWAY_REDIS_URL") or None
     if r is None:
+        problem = None if url is None else _redis_url_problem(url)
+        if problem is not None:
+            _fail(f"{source}: environment variable GATEWAY_REDIS_URL {problem}")
         return RedisConfig(url=url)
     path = r.opt_string("url_file")
     ref = r.opt_string("url_env")
     if path is not None:
-        try:
-            url = Path(path).read_text().strip() or None
-        except OSError as exc:
-            r.fail("url_file", f"cannot read {path}: {exc.strerror or exc}")
+        url = _read_secret(r, "url_file", path, missing_ok=False) or None
     elif ref is not None:
         if ref not in env:
             r.fail("url_env", f"environment variable {ref} is not set")
-        url = env[ref]
+        url = _env_secret(r, "url_env", ref, env[ref])
     else:
         url = r.opt_string("url") or url
-    if url is not None and not re.match(r"^(rediss?|unix|rediss?\+sentinel)://", url):
-        r.fail("url", "must start with redis://, rediss://, unix:// or redis+sentinel://")
+    problem = None if url is None else _redis_url_problem(url)
+    if problem is not None:
+        r.fail("url", problem)
     config = RedisConfig(
         url=url,
         key_prefix=r.string("key_prefix", d.key_prefix),
@@ -495,15 +521,180 @@ def _timings(s: _Section | None) -> LinkTimings:
 
 def _host(s: _Section, key: str) -> str:
     host = s.string(key)
-    if not host or any(c.isspace() or c in "/@" for c in host):
-        s.fail(key, f"{host!r} is not a host name or IP address")
+    if not host or any(c.isspace() or c in "/@" for c in host) or not _resolvable(host):
+        s.fail(key, f"{_show(host)} is not a host name or IP address")
     return host
+
+
+def _resolvable(name: str) -> bool:
+    """Whether the socket layer can encode the name (IDNA: labels of 1-63 characters)."""
+    try:
+        name.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def _topic(s: _Section, key: str, topic: str) -> str:
     if not topic or len(topic) > 512 or _TOPIC_FORBIDDEN.search(topic):
-        s.fail(key, f"{topic!r} is not a publishable topic (no wildcards, 1-512 characters)")
+        s.fail(key, f"{_show(topic)} is not a publishable topic (no wildcards, 1-512 characters)")
     return topic
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why the Redis client could not use the URL; never the URL itself (it may hold a
+    password)."""
+    problem = _text_problem(url, controls=True)
+    if problem is not None:
+        return problem
+    if not _REDIS_SCHEMES.match(url):
+        return "must start with redis://, rediss://, unix:// or redis+sentinel://"
+    try:
+        parts = urlsplit(url)
+        if "+sentinel" not in parts.scheme:  # a Sentinel URL lists several host:port pairs
+            _ = parts.port  # parsing the port is the check
+    except ValueError:
+        return "is not a valid URL (bad host or port)"
+    return None
+
+
+# --- reading files and secrets: capped, UTF-8, errors that name the field ---------------
+
+
+class _Unreadable(Exception):
+    """A file that cannot be used; ``problem`` says why, never what the file holds."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+def _read_capped(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a regular file (the file may change while it is read)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise _Unreadable(f"cannot read: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a NUL byte in the path
+        raise _Unreadable(f"cannot read: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _Unreadable("cannot read: not a regular file")
+        if info.st_size > limit:
+            raise _Unreadable(f"file is {info.st_size} bytes; at most {limit}")
+        chunks, left = [], limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise _Unreadable(f"cannot read: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise _Unreadable(f"file is more than {limit} bytes; at most {limit}")
+    return data
+
+
+def _decode_json(raw: bytes, source: str) -> Any:
+    """The document in ``raw``; NaN, Infinity and numbers beyond a float are refused."""
+    try:
+        return json.loads(
+            raw, parse_constant=_refuse_constant, parse_float=_finite_float, parse_int=_short_int
+        )
+    except RecursionError as exc:
+        _fail(f"{source}: not valid JSON: nested too deeply", exc)
+    except MemoryError as exc:
+        _fail(f"{source}: not valid JSON: too large to decode", exc)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, the hooks below
+        _fail(f"{source}: not valid JSON: {exc}", exc)
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number JSON allows; write a finite number")
+
+
+def _short_int(text: str) -> int:
+    # Before int(): Python refuses over 4300 digits, and no field needs more than 19.
+    if len(text) > _MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits; at most {_MAX_INT_DIGITS}")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is beyond the range of a float")
+    return value
+
+
+def _read_secret(s: _Section, key: str, path: str, *, missing_ok: bool) -> str | None:
+    """A credential or URL file's text, stripped (None if absent and ``missing_ok``)."""
+    try:
+        data = _read_capped(path, MAX_SECRET_BYTES)
+    except _Unreadable as exc:
+        if missing_ok and isinstance(exc.__cause__, FileNotFoundError | NotADirectoryError):
+            return None
+        s.fail(key, f"{path}: {exc.problem}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        s.fail(key, f"{path}: not UTF-8 text")
+    return text.strip()
+
+
+def _env_secret(s: _Section, key: str, name: str, value: str) -> str:
+    """A secret from the environment; the process's environment may hold undecodable bytes."""
+    if _SURROGATE.search(value):
+        s.fail(key, f"environment variable {name} is not UTF-8 text")
+    return value
+
+
+def _text_problem(value: str, *, controls: bool) -> str | None:
+    """What makes a string unusable on the wire or in a path, without showing it."""
+    found = _SURROGATE.search(value)
+    if found:
+        return f"is not valid Unicode text (a lone surrogate at character {found.start()})"
+    found = _CONTROL.search(value) if controls else None
+    if found:
+        code = ord(found.group())
+        return f"holds a control character (U+{code:04X}) at character {found.start()}"
+    return None
+
+
+class _Brief(reprlib.Repr):
+    """A bounded repr for messages: deep, long or huge values never make the error fail."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 2, 80, 80
+        self.maxlist = self.maxdict = self.maxtuple = 4
+
+    def repr_int(self, x: int, level: int) -> str:
+        # repr() of an integer over 4300 digits raises ValueError.
+        return repr(x) if x.bit_length() <= 128 else f"<an integer of {x.bit_length()} bits>"
+
+
+_show = _Brief().repr
+
+
+def _clean(text: str) -> str:
+    """A message safe for a log line and a protobuf string: no lone surrogates, no control
+    characters, bounded length."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    if len(text) > _MAX_MESSAGE_CHARS:
+        text = text[:_MAX_MESSAGE_CHARS] + "..."
+    return text
+
+
+def _fail(message: str, cause: BaseException | None = None) -> NoReturn:
+    raise ConfigError(_clean(message)) from cause
 
 
 # --- typed field access with precise error messages ----------------------------------
@@ -525,7 +716,7 @@ class _Section:
         return f"{self.where}.{key}" if self.where else key
 
     def fail(self, key: str, problem: str) -> NoReturn:
-        raise ConfigError(f"{self.source}: {self.path(key)}: {problem}")
+        _fail(f"{self.source}: {self.path(key)}: {problem}")
 
     def _get(self, key: str, default: Any) -> Any:
         self._read.add(key)
@@ -539,34 +730,44 @@ class _Section:
         value = self._get(key, default)
         if not isinstance(value, str):
             self.fail(key, f"must be a string, got {type(value).__name__}")
-        return value
+        return self._text(key, value)
 
     def opt_string(self, key: str) -> str | None:
         value = self._get(key, None)
         if value is not None and not isinstance(value, str):
             self.fail(key, f"must be a string, got {type(value).__name__}")
+        return None if value is None else self._text(key, value)
+
+    def _text(self, key: str, value: str) -> str:
+        """Every string goes on the wire or into a path: it must encode as UTF-8, and only
+        credentials may hold control characters."""
+        problem = _text_problem(value, controls=key not in _CREDENTIAL_KEYS)
+        if problem is not None:
+            self.fail(key, problem)
         return value
 
     def integer(self, key: str, default: Any = _MISSING, *, lo: int, hi: int) -> int:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
-            self.fail(key, f"must be an integer, got {value!r}")
+            self.fail(key, f"must be an integer, got {_show(value)}")
         if not lo <= value <= hi:
-            self.fail(key, f"must be between {lo} and {hi}, got {value}")
+            self.fail(key, f"must be between {lo} and {hi}, got {_show(value)}")
         return value
 
     def number(self, key: str, default: Any = _MISSING, *, lo: float, hi: float) -> float:
         value = self._get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
-            self.fail(key, f"must be a number, got {value!r}")
+            self.fail(key, f"must be a number, got {_show(value)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            self.fail(key, f"must be a finite number, got {value}")
         if not lo <= value <= hi:
-            self.fail(key, f"must be between {lo:g} and {hi:g}, got {value}")
+            self.fail(key, f"must be between {lo:g} and {hi:g}, got {_show(value)}")
         return float(value)
 
     def boolean(self, key: str, default: Any = _MISSING) -> bool:
         value = self._get(key, default)
         if not isinstance(value, bool):
-            self.fail(key, f"must be true or false, got {value!r}")
+            self.fail(key, f"must be true or false, got {_show(value)}")
         return value
 
     def section(self, key: str) -> _Section:
@@ -582,7 +783,7 @@ class _Section:
         value = self._get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             self.fail(key, "must be a list of strings")
-        return tuple(value)
+        return tuple(self._text(f"{key}[{i}]", v) for i, v in enumerate(value))
 
     def sections(self, key: str) -> list[_Section]:
         value = self._get(key, _MISSING)
@@ -597,8 +798,13 @@ class _Section:
 
     def done(self) -> None:
         """Reject unknown fields (they are usually typos) in the strict format."""
-        unknown = sorted(set(self.data) - self._read)
+        unknown = sorted((_field_name(k) for k in set(self.data) - self._read), key=str)
         if unknown and self.strict:
             self.fail(unknown[0], "unknown field")
         for key in unknown:
-            log.debug("%s: ignoring field %s", self.source, self.path(key))
+            log.debug("%s: ignoring field %s", _clean(self.source), _clean(self.path(key)))
+
+
+def _field_name(key: object) -> str:
+    """A field's name as a message shows it: quoted unless it is a plain word."""
+    return key if isinstance(key, str) and _PLAIN_KEY.fullmatch(key) else _show(key)

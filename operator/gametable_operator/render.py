@@ -4,14 +4,17 @@ The GameTable's spec is rendered into the gateway's own config format (``"versio
 ``docs/config.md``) and checked with ``gateway.config.parse_config``, so the schema exists
 once. Credentials never enter the document: each broker points at the directory where the
 sidecar mounts its Secret, and Redis at the mounted URL file.
+
+Whatever a GameTable holds (any JSON in any field), rendering raises ``InvalidGameTable``
+only, naming the resource and the spec field: one bad resource never stops the operator.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from gateway.config import ConfigError, GatewayConfig, parse_config
@@ -47,6 +50,7 @@ _SPEC_PATHS = (
     ("redis.key_prefix", "spec.redis.keyPrefix"),
     ("broker_group", "spec.brokerGroup.name"),
     ("brokers", "spec.brokerGroup.brokers"),
+    ("generation", "metadata.generation"),
 )
 _BROKER_FIELDS = {"server_name": "serverName", "insecure_skip_verify": "insecureSkipVerify"}
 
@@ -72,15 +76,18 @@ def render_document(gametable: Mapping[str, Any]) -> dict[str, Any]:
 def render_configmap(gametable: Mapping[str, Any]) -> dict[str, Any]:
     """The ConfigMap ``<name>-gateway`` holding ``table.json``, owned by the GameTable."""
     doc = render_document(gametable)
-    meta = _section(gametable, "metadata", "metadata")
-    name = _string(meta, "name", "metadata.name")
-    uid = _string(meta, "uid", "metadata.uid")
+    with _named(_source(gametable)):
+        meta = _section(gametable, "metadata", "metadata")
+        name = _string(meta, "name", "metadata.name")
+        uid = _string(meta, "uid", "metadata.uid")
+        table_json = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+        namespace = _namespace(meta)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
             "name": f"{name}-gateway",
-            "namespace": _namespace(meta),
+            "namespace": namespace,
             "labels": {
                 "app.kubernetes.io/name": "studio-gateway",
                 "app.kubernetes.io/component": "sidecar-config",
@@ -97,24 +104,45 @@ def render_configmap(gametable: Mapping[str, Any]) -> dict[str, Any]:
                 }
             ],
         },
-        "data": {CONFIG_KEY: json.dumps(doc, indent=2, sort_keys=True) + "\n"},
+        "data": {CONFIG_KEY: table_json},
     }
 
 
 def _render(gametable: Mapping[str, Any]) -> tuple[dict[str, Any], GatewayConfig]:
-    meta = _section(gametable, "metadata", "metadata")
-    name = _string(meta, "name", "metadata.name")
-    source = f"GameTable {_namespace(meta)}/{name}"
-    try:
+    source = _source(gametable)
+    with _named(source):
+        if not isinstance(gametable, Mapping):
+            raise InvalidGameTable("must be an object")
         doc = _document(gametable)
         # parse_config would stat the Secret mounts and read the Redis URL file, which exist
         # only in the sidecar; it validates a copy without them, so rendering does no I/O.
         config = parse_config(_without_mounts(doc), source=source, env={})
+    return doc, config
+
+
+def _source(gametable: Any) -> str:
+    """How messages name the resource, whatever its metadata holds."""
+    meta = gametable.get("metadata") if isinstance(gametable, Mapping) else None
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    if not _is_text(name):
+        return "GameTable (without a valid metadata.name)"
+    namespace = meta.get("namespace") if isinstance(meta, Mapping) else None
+    return f"GameTable {namespace if _is_text(namespace) else 'default'}/{name}"
+
+
+@contextmanager
+def _named(source: str) -> Iterator[None]:
+    """Every failure inside becomes InvalidGameTable, prefixed with the resource."""
+    try:
+        yield
     except InvalidGameTable as exc:
         raise InvalidGameTable(f"{source}: {exc.message}") from exc
     except ConfigError as exc:
         raise InvalidGameTable(_spec_message(exc.message, source)) from exc
-    return doc, config
+    except Exception as exc:  # the last line of defence: one bad GameTable costs only itself
+        raise InvalidGameTable(
+            f"{source}: unexpected {type(exc).__name__} while rendering"
+        ) from exc
 
 
 def _document(gametable: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,7 +198,9 @@ def _document(gametable: Mapping[str, Any]) -> dict[str, Any]:
 
     redis = _opt_section(spec, "redis", "spec.redis")
     if redis:
-        _section(redis, "urlSecret", "spec.redis.urlSecret")
+        url_secret = _section(redis, "urlSecret", "spec.redis.urlSecret")
+        _string(url_secret, "name", "spec.redis.urlSecret.name")
+        _string(url_secret, "key", "spec.redis.urlSecret.key")
         doc["redis"] = {"url_file": REDIS_URL_FILE}
         if redis.get("keyPrefix") is not None:
             doc["redis"]["key_prefix"] = redis["keyPrefix"]
@@ -195,6 +225,7 @@ def _broker(b: Any, i: int) -> dict[str, Any]:
         tls = _opt_section(b, "tls", f"{where}.tls")
         entry["tls"] = {}
         if tls.get("caSecretKey") is not None:
+            _string(tls, "caSecretKey", f"{where}.tls.caSecretKey")
             entry["tls"]["ca_file"] = f"{TLS_DIR}/{broker_id}/ca.crt"
         if tls.get("serverName") is not None:
             entry["tls"]["server_name"] = tls["serverName"]
@@ -204,11 +235,13 @@ def _broker(b: Any, i: int) -> dict[str, Any]:
 
 
 def _without_mounts(doc: dict[str, Any]) -> dict[str, Any]:
-    checked = copy.deepcopy(doc)
-    for b in checked["brokers"]:
-        b.pop("credentials_dir", None)
-    if "redis" in checked:
-        checked["redis"].pop("url_file", None)
+    # Copies only what it changes: a deep copy would recurse into unvalidated spec values.
+    checked = dict(doc)
+    checked["brokers"] = [
+        {k: v for k, v in b.items() if k != "credentials_dir"} for b in doc["brokers"]
+    ]
+    if "redis" in doc:
+        checked["redis"] = {k: v for k, v in doc["redis"].items() if k != "url_file"}
     return checked
 
 
@@ -227,10 +260,12 @@ def _spec_message(message: str, source: str) -> str:
 
 
 def _namespace(meta: Mapping[str, Any]) -> str:
-    namespace = meta.get("namespace") or "default"
-    if not isinstance(namespace, str):
-        raise InvalidGameTable("metadata.namespace: must be a string")
-    return namespace
+    namespace = meta.get("namespace")
+    if namespace is None or namespace == "":
+        return "default"
+    if not _is_text(namespace):
+        raise InvalidGameTable("metadata.namespace: must be a string of printable characters")
+    return str(namespace)
 
 
 def _section(parent: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
@@ -253,4 +288,10 @@ def _string(parent: Mapping[str, Any], key: str, where: str) -> str:
     value = parent.get(key)
     if not isinstance(value, str) or not value:
         raise InvalidGameTable(f"{where}: is required and must be a non-empty string")
+    if not value.isprintable():  # control characters and lone surrogates
+        raise InvalidGameTable(f"{where}: must hold printable characters only")
     return value
+
+
+def _is_text(value: object) -> bool:
+    return isinstance(value, str) and value != "" and value.isprintable()

@@ -10,14 +10,17 @@
 | ``GATEWAY_OPERATOR_STATUS_INTERVAL_S`` | how often status is refreshed from Redis | ``15`` |
 | ``GATEWAY_OPERATOR_LOG_LEVEL`` | ``DEBUG``, ``INFO``, ``WARNING`` | ``INFO`` |
 | ``GATEWAY_OPERATOR_SIDECAR`` | JSON: the sidecar the webhook injects | ``SidecarDefaults`` |
+
+Whatever the variables hold, parsing raises ``ConfigError`` only, naming the variable.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.config import ConfigError
 
@@ -25,6 +28,9 @@ ENV_PREFIX = "GATEWAY_OPERATOR_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 DEFAULT_IMAGE = "studio-gateway:0.1.0"
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
+RESOURCE_KEYS = ("requests", "limits")
+_T = TypeVar("_T")
 
 
 def _default_resources() -> dict[str, Any]:
@@ -72,13 +78,24 @@ _SIDECAR_KEYS = {
 
 def parse_sidecar(text: str, where: str = f"{ENV_PREFIX}SIDECAR") -> SidecarDefaults:
     """The sidecar defaults from their JSON object; ConfigError names the bad key."""
+    return _guarded(where, lambda: _parse_sidecar(text, where))
+
+
+def from_env(env: Mapping[str, str]) -> OperatorSettings:
+    """Settings from the environment; ConfigError names the bad variable."""
+    return _guarded(f"{ENV_PREFIX}*", lambda: _from_env(env))
+
+
+def _parse_sidecar(text: str, where: str) -> SidecarDefaults:
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise ConfigError(f"{where}: not valid JSON: nested too deeply") from None
     except ValueError as exc:
-        raise ConfigError(f"{where}: not valid JSON: {exc}") from exc
+        raise ConfigError(f"{where}: not valid JSON: {_brief(str(exc))}") from exc
     if not isinstance(doc, dict):
         raise ConfigError(f"{where}: must be a JSON object")
-    unknown = sorted(set(doc) - set(_SIDECAR_KEYS))
+    unknown = sorted(_key(k) for k in set(doc) - set(_SIDECAR_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}")
     values: dict[str, Any] = {}
@@ -87,19 +104,24 @@ def parse_sidecar(text: str, where: str = f"{ENV_PREFIX}SIDECAR") -> SidecarDefa
             continue
         value = doc[key]
         if key == "resources":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}.resources: must be an object")
+            value = _resources(value, f"{where}.resources")
         elif key == "metricsPort":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-                raise ConfigError(f"{where}.metricsPort: must be 0 (off) or a port, got {value!r}")
+                raise ConfigError(
+                    f"{where}.metricsPort: must be 0 (off) or a port, got {_brief(value)}"
+                )
         elif (
             key == "tracesSamplerArg"
             and isinstance(value, int | float)
             and not isinstance(value, bool)
         ):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}.{key}: must be a finite number, got {value}")
             value = str(value)
         elif not isinstance(value, str):
-            raise ConfigError(f"{where}.{key}: must be a string, got {value!r}")
+            raise ConfigError(f"{where}.{key}: must be a string, got {_brief(value)}")
+        if isinstance(value, str) and not value.isprintable():
+            raise ConfigError(f"{where}.{key}: must hold printable characters only")
         values[attr] = value
     sidecar = SidecarDefaults(**values)
     if not sidecar.image:
@@ -113,11 +135,45 @@ def parse_sidecar(text: str, where: str = f"{ENV_PREFIX}SIDECAR") -> SidecarDefa
     return sidecar
 
 
-def from_env(env: Mapping[str, str]) -> OperatorSettings:
-    """Settings from the environment; ConfigError names the bad variable."""
+def _resources(value: Any, where: str) -> dict[str, Any]:
+    """A container's resources: ``requests`` and ``limits``, each resource name to a quantity.
 
-    def get(name: str) -> str:
-        return env.get(ENV_PREFIX + name, "").strip()
+    Checked to that shape, so the webhook copies a small flat object into every pod.
+    """
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be an object")
+    out: dict[str, Any] = {}
+    for kind, quantities in value.items():
+        if kind not in RESOURCE_KEYS:
+            raise ConfigError(f"{where}: unknown key {_brief(kind)}; expected requests, limits")
+        if quantities is None:
+            continue
+        if not isinstance(quantities, dict):
+            raise ConfigError(f"{where}.{kind}: must be an object")
+        for name, quantity in quantities.items():
+            if not isinstance(name, str) or not name or not name.isprintable():
+                raise ConfigError(f"{where}.{kind}: {_brief(name)} is not a resource name")
+            if isinstance(quantity, bool) or not (
+                (isinstance(quantity, str) and quantity and quantity.isprintable())
+                or (isinstance(quantity, int | float) and math.isfinite(quantity))
+            ):
+                raise ConfigError(
+                    f"{where}.{kind}.{name}: must be a quantity like 50m or 96Mi, "
+                    f"got {_brief(quantity)}"
+                )
+        out[kind] = dict(quantities)
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> OperatorSettings:
+    def get(name: str, *, multiline: bool = False) -> str:
+        value = env.get(ENV_PREFIX + name, "")
+        if not isinstance(value, str):
+            raise ConfigError(f"{ENV_PREFIX}{name}: must be a string")
+        value = value.strip()
+        if not (value.isprintable() or (multiline and _is_utf8(value))):
+            raise ConfigError(f"{ENV_PREFIX}{name}: holds control characters or undecodable bytes")
+        return value
 
     values: dict[str, Any] = {}
     if get("NAMESPACES"):
@@ -128,6 +184,12 @@ def from_env(env: Mapping[str, str]) -> OperatorSettings:
         values["webhook_port"] = _number(get("WEBHOOK_PORT"), "WEBHOOK_PORT", int, 1, 65535)
     values["webhook_tls_dir"] = get("WEBHOOK_TLS_DIR")
     values["redis_url"] = get("REDIS_URL")
+    if values["redis_url"] and not values["redis_url"].startswith(REDIS_SCHEMES):
+        # The URL may hold a password: it is not shown.
+        raise ConfigError(
+            f"{ENV_PREFIX}REDIS_URL: must start with redis://, rediss://, unix:// or "
+            "redis+sentinel://"
+        )
     if get("STATUS_INTERVAL_S"):
         values["status_interval_s"] = _number(
             get("STATUS_INTERVAL_S"), "STATUS_INTERVAL_S", float, 1, 3600
@@ -135,10 +197,13 @@ def from_env(env: Mapping[str, str]) -> OperatorSettings:
     if get("LOG_LEVEL"):
         level = get("LOG_LEVEL").upper()
         if level not in LOG_LEVELS:
-            raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL: one of {', '.join(LOG_LEVELS)}, got {level}")
+            raise ConfigError(
+                f"{ENV_PREFIX}LOG_LEVEL: one of {', '.join(LOG_LEVELS)}, got {_brief(level)}"
+            )
         values["log_level"] = level
-    if get("SIDECAR"):
-        values["sidecar"] = parse_sidecar(get("SIDECAR"))
+    # A pretty-printed JSON object spans several lines.
+    if get("SIDECAR", multiline=True):
+        values["sidecar"] = parse_sidecar(get("SIDECAR", multiline=True))
     return OperatorSettings(**values)
 
 
@@ -146,7 +211,48 @@ def _number(text: str, name: str, kind: type[int] | type[float], low: float, hig
     try:
         value = kind(text)
     except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}{name}: must be a number, got {text!r}") from None
+        raise ConfigError(f"{ENV_PREFIX}{name}: must be a number, got {_brief(text)}") from None
     if not low <= value <= high:
-        raise ConfigError(f"{ENV_PREFIX}{name}: must be between {low:g} and {high:g}, got {text}")
+        raise ConfigError(
+            f"{ENV_PREFIX}{name}: must be between {low:g} and {high:g}, got {_brief(text)}"
+        )
     return value
+
+
+def _guarded(where: str, parse: Callable[[], _T]) -> _T:
+    """``parse()``, with any unexpected failure as a ConfigError: the operator's settings
+    fail one way, which the command line and the startup handler report."""
+    try:
+        return parse()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"{where}: unexpected {type(exc).__name__} while parsing") from exc
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _key(key: str) -> str:
+    return key if key.isprintable() and len(key) <= 80 else _brief(key)
+
+
+def _brief(value: Any) -> str:
+    """A short, printable rendering of a value for a message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"<an integer of {value.bit_length()} bits>"
+    if isinstance(value, str):
+        text = value if len(value) <= 80 else value[:80] + "..."
+        return repr(text) if text.isprintable() else ascii(text)
+    if isinstance(value, list | dict):
+        return f"<a JSON {'array' if isinstance(value, list) else 'object'}>"
+    return ascii(value)[:80]

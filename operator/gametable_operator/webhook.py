@@ -10,6 +10,11 @@ name in its namespace:
   Secret the table needs, at the paths ``render.py`` writes into ``table.json``;
 - gRPC probes on ``grpc.health.v1`` on a probe-only port (Detect stays on loopback);
 - ``GATEWAY_TARGET`` in the game's containers that do not set it.
+
+The pod comes from the AdmissionReview as it was sent: a shape the mutation cannot work
+on is refused with ``CannotInject`` (a 400 answer naming the field), never another error.
+``admission_request`` checks the AdmissionReview itself, and ``refusal`` answers one that
+cannot be served.
 """
 
 from __future__ import annotations
@@ -41,36 +46,100 @@ class CannotInject(ValueError):
     """The pod cannot take the sidecar as it is (the message says why)."""
 
 
+class BadReview(ValueError):
+    """A body that is not an AdmissionReview the webhook can serve (the message says why)."""
+
+
 def already_has_sidecar(pod: Mapping[str, Any]) -> bool:
-    spec = pod.get("spec") or {}
-    containers = (spec.get("initContainers") or []) + (spec.get("containers") or [])
-    names = [c.get("name") for c in containers]
-    return CONTAINER in names
+    """Whether the pod has a ``gateway`` container; CannotInject if its spec is malformed."""
+    spec = _object(pod, "spec", "spec")
+    containers = _objects(spec, "initContainers", "spec.initContainers") + _objects(
+        spec, "containers", "spec.containers"
+    )
+    return any(c.get("name") == CONTAINER for c in containers)
 
 
 def inject(
     pod: Mapping[str, Any], gametable: Mapping[str, Any], defaults: SidecarDefaults
 ) -> dict[str, Any]:
-    """The pod with the sidecar added; unchanged if it already has a ``gateway`` container."""
-    out = copy.deepcopy(dict(pod))
+    """The pod with the sidecar added; unchanged if it already has a ``gateway`` container.
+
+    CannotInject if the pod's shape does not allow it (the message names the field).
+    """
+    if not isinstance(pod, Mapping):
+        raise CannotInject("the pod must be an object")
+    try:
+        out = copy.deepcopy(dict(pod))
+    except RecursionError:
+        raise CannotInject("the pod is nested too deeply") from None
     if already_has_sidecar(out):
         return out
-    spec = out.setdefault("spec", {})
-    existing = spec.get("initContainers") or []
+    spec = out["spec"] = _object(out, "spec", "spec")
+    existing = _objects(spec, "initContainers", "spec.initContainers")
+    present = _objects(spec, "volumes", "spec.volumes")
+    containers = spec["containers"] = _objects(spec, "containers", "spec.containers")
     spec["initContainers"] = [sidecar_container(gametable, defaults), *existing]
     ours = {v["name"] for v in volumes(gametable)}
-    clash = ours & {v.get("name") for v in spec.get("volumes") or []}
+    clash = ours & {v.get("name") for v in present if isinstance(v.get("name"), str)}
     if clash:
         raise CannotInject(f"pod already has volume(s) named {', '.join(sorted(clash))}")
-    spec["volumes"] = list(spec.get("volumes") or []) + volumes(gametable)
-    for container in spec.get("containers") or []:
-        env = container.get("env") or []
-        container["env"] = env
+    spec["volumes"] = present + volumes(gametable)
+    for i, container in enumerate(containers):
+        env = container["env"] = _objects(container, "env", f"spec.containers[{i}].env")
         if not any(e.get("name") == "GATEWAY_TARGET" for e in env):
             env.append({"name": "GATEWAY_TARGET", "value": DETECT_ADDRESS})
-    meta = out.setdefault("metadata", {})
-    meta.setdefault("annotations", {})[INJECTED] = defaults.image
+    meta = out["metadata"] = _object(out, "metadata", "metadata")
+    annotations = meta["annotations"] = _object(meta, "annotations", "metadata.annotations")
+    annotations[INJECTED] = defaults.image
     return out
+
+
+def admission_request(review: Any) -> dict[str, Any]:
+    """The ``request`` of an AdmissionReview body, checked for what admission reads.
+
+    BadReview names the first field that is missing or of the wrong type.
+    """
+    if not isinstance(review, Mapping):
+        raise BadReview("the body must be a JSON object (an AdmissionReview)")
+    request = review.get("request")
+    if not isinstance(request, dict):
+        raise BadReview("request: is required and must be an object")
+    if not isinstance(request.get("uid"), str):
+        raise BadReview("request.uid: is required and must be a string")
+    resource = request.get("resource")
+    if not isinstance(resource, Mapping):
+        raise BadReview("request.resource: is required and must be an object")
+    for key in ("group", "version", "resource"):
+        if not isinstance(resource.get(key), str):
+            raise BadReview(f"request.resource.{key}: is required and must be a string")
+    for key in ("operation", "namespace"):
+        if request.get(key) is not None and not isinstance(request[key], str):
+            raise BadReview(f"request.{key}: must be a string")
+    if not isinstance(request.get("userInfo"), Mapping):
+        raise BadReview("request.userInfo: is required and must be an object")
+    new, old = request.get("object"), request.get("oldObject")
+    for key, value in (("object", new), ("oldObject", old)):
+        if value is not None and not isinstance(value, Mapping):
+            raise BadReview(f"request.{key}: must be an object")
+    if new is None and old is None:
+        raise BadReview("request.object: is required (or request.oldObject)")
+    return request
+
+
+def refusal(review: Any, message: str, code: int = 400) -> dict[str, Any]:
+    """The AdmissionReview response that refuses ``review`` with ``message``."""
+    request = review.get("request") if isinstance(review, Mapping) else None
+    uid = request.get("uid") if isinstance(request, Mapping) else None
+    api_version = review.get("apiVersion") if isinstance(review, Mapping) else None
+    return {
+        "apiVersion": api_version if isinstance(api_version, str) else "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": {
+            "uid": uid if isinstance(uid, str) else "",
+            "allowed": False,
+            "status": {"code": code, "message": message},
+        },
+    }
 
 
 def sidecar_container(gametable: Mapping[str, Any], defaults: SidecarDefaults) -> dict[str, Any]:
@@ -181,6 +250,29 @@ def _env(name: str, code: str, defaults: SidecarDefaults) -> list[dict[str, Any]
             {"name": "OTEL_METRICS_EXPORTER", "value": "none"},
         ]
     return env
+
+
+def _object(parent: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    """A field that must be an object; absent or null is an empty one."""
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise CannotInject(f"pod {where}: must be an object")
+    return value if isinstance(value, dict) else dict(value)
+
+
+def _objects(parent: Mapping[str, Any], key: str, where: str) -> list[dict[str, Any]]:
+    """A field that must be a list of objects; absent or null is an empty one."""
+    value = parent.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CannotInject(f"pod {where}: must be a list")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise CannotInject(f"pod {where}[{i}]: must be an object")
+    return value
 
 
 def _probe(service: str, *, period: int, failures: int, timeout: int = 1) -> dict[str, Any]:

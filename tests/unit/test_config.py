@@ -6,12 +6,15 @@ import copy
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.config import (
+    MAX_CONFIG_BYTES,
+    MAX_SECRET_BYTES,
     BrokerConfig,
     GatewayConfig,
     LinkTimings,
@@ -523,3 +526,143 @@ def test_table_code_with_trailing_newline_is_rejected() -> None:
     """A table code with a trailing newline is rejected instead of producing broken topics."""
     with pytest.raises(ConfigError, match=r"table\.code"):
         _parse(_v1(code="ARO-001\n"))
+
+
+# --- hostile files: each fails with a ConfigError naming the file and the field -------------
+
+HOSTILE_FILES: dict[str, tuple[bytes, str]] = {
+    "deep-array": (b"[" * 100_000, "not valid JSON: nested too deeply"),
+    "deep-object": (b'{"a":' * 100_000, "not valid JSON: nested too deeply"),
+    "nan": (json.dumps(_v1(timeout_s=float("nan"))).encode(), "NaN is not a number JSON allows"),
+    "infinity": (b'{"version": 1, "generation": -Infinity}', "-Infinity is not a number"),
+    "float-overflow": (b'{"version": 1e400}', "number 1e400 is beyond the range of a float"),
+    "huge-integer": (b'{"version": ' + b"9" * 5000 + b"}", "an integer of 5000 digits"),
+    "surrogate-escape": (
+        json.dumps(_v1(command_topic="ikg/\ud800")).encode(),
+        "table.command_topic: is not valid Unicode text",
+    ),
+    "encoded-surrogate": (
+        b'{"version": 1, "table": {"game": "roulette", "code": "ARO-001", '
+        b'"response_topic": "x\xed\xa0\x80"}, "brokers": [{"host": "h"}]}',
+        "table.response_topic: is not valid Unicode text",
+    ),
+    "control-in-host": (
+        json.dumps(_v1_with(lambda d: d["brokers"][0].update(host="h\x1b[2J"))).encode(),
+        "brokers[0].host: holds a control character (U+001B)",
+    ),
+    "host-label-too-long": (
+        json.dumps(_v1_with(lambda d: d["brokers"][0].update(host="a" * 64 + ".studio"))).encode(),
+        "brokers[0].host: ",
+    ),
+    "server-name-empty-label": (
+        json.dumps(
+            _v1_with(lambda d: d["brokers"][0].update(tls={"server_name": "mqtt..studio"}))
+        ).encode(),
+        "brokers[0].tls.server_name: 'mqtt..studio' is not a host name",
+    ),
+    "unknown-field-with-newline": (
+        json.dumps(_v1_with(lambda d: d.update({"evil\nkey": 1}))).encode(),
+        "'evil\\nkey': unknown field",
+    ),
+    "too-large": (b" " * (MAX_CONFIG_BYTES + 1), f"at most {MAX_CONFIG_BYTES}"),
+}
+
+
+@pytest.mark.parametrize(("content", "expected"), HOSTILE_FILES.values(), ids=list(HOSTILE_FILES))
+def test_hostile_file_is_a_config_error(tmp_path: Path, content: bytes, expected: str) -> None:
+    """Each hostile file fails with a ConfigError naming the file and the problem."""
+    path = tmp_path / "table.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={})
+    message = info.value.message
+    assert message.startswith(f"{path}: ") and expected in message, message
+    assert "\n" not in message and message.encode("utf-8")
+
+
+def test_config_that_is_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """A config path that is a FIFO is refused at once instead of waiting for a writer."""
+    path = tmp_path / "table.json"
+    os.mkfifo(path)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_config(path, env={})
+
+
+SECRET = b"s3cret-\xff-value"
+
+
+@pytest.mark.parametrize(
+    ("field", "content", "expected"),
+    [
+        ("password_file", SECRET, "not UTF-8 text"),
+        ("username_file", SECRET, "not UTF-8 text"),
+        ("password_file", b"x" * (MAX_SECRET_BYTES + 1), f"at most {MAX_SECRET_BYTES}"),
+        ("password_file", None, "not a regular file"),
+    ],
+    ids=["password-not-utf8", "username-not-utf8", "password-too-large", "password-a-directory"],
+)
+def test_bad_credential_file_names_field_and_path_not_content(
+    tmp_path: Path, field: str, content: bytes | None, expected: str
+) -> None:
+    """A credential file that is not small UTF-8 text fails naming field and path only."""
+    path = tmp_path / "secret"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    doc = _v1_with(lambda d: d["brokers"][0].update({field: str(path)}))
+    with pytest.raises(ConfigError) as info:
+        _parse(doc)
+    assert info.value.message.startswith(f"{SOURCE}: brokers[0].{field}: {path}: ")
+    assert expected in info.value.message
+    assert "s3cret" not in info.value.message
+
+
+def test_credentials_dir_with_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    """A mounted Secret whose password is not UTF-8 names credentials_dir and the file."""
+    (tmp_path / "password").write_bytes(SECRET)
+    doc = _v1_with(lambda d: d["brokers"][0].update(credentials_dir=str(tmp_path)))
+    with pytest.raises(ConfigError) as info:
+        _parse(doc)
+    assert info.value.message == (
+        f"{SOURCE}: brokers[0].credentials_dir: {tmp_path / 'password'}: not UTF-8 text"
+    )
+
+
+def test_redis_url_file_not_utf8_hides_the_url(tmp_path: Path) -> None:
+    """A Redis URL file that is not UTF-8 is named, and nothing of the URL is shown."""
+    path = tmp_path / "url"
+    path.write_bytes(b"redis://:s3cret@r:6379/\xff")
+    with pytest.raises(ConfigError) as info:
+        _parse(_v1_with(lambda d: d.update(redis={"url_file": str(path)})))
+    assert info.value.message == f"{SOURCE}: redis.url_file: {path}: not UTF-8 text"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (
+            {"GATEWAY_BROKER_PASSWORD": "pw\udcff"},
+            "brokers[0].password: environment variable GATEWAY_BROKER_PASSWORD is not UTF-8 text",
+        ),
+        ({"GATEWAY_REDIS_URL": "redis://:s3cret@r:port"}, "GATEWAY_REDIS_URL is not a valid URL"),
+        ({"GATEWAY_REDIS_URL": "http://:s3cret@r"}, "GATEWAY_REDIS_URL must start with redis://"),
+    ],
+    ids=["undecodable-password", "redis-url-bad-port", "redis-url-bad-scheme"],
+)
+def test_bad_secret_from_the_environment(env: dict[str, str], expected: str) -> None:
+    """A secret in the environment that the libraries could not use fails, never shown."""
+    with pytest.raises(ConfigError) as info:
+        _parse(_v1(), env)
+    assert expected in info.value.message
+    assert "s3cret" not in info.value.message and "udcff" not in info.value.message
+
+
+def test_values_in_messages_are_bounded() -> None:
+    """A huge integer or a long string is shown briefly; the message stays short."""
+    with pytest.raises(ConfigError) as info:
+        _parse(_v1_with(lambda d: d["brokers"][0].update(port=10**5000)))
+    assert "an integer of 16610 bits" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        _parse(_v1(command_topic="#" * 100_000))
+    assert len(info.value.message) < 300
