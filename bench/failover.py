@@ -1,18 +1,19 @@
 """Runtime broker failover under load: how long tables go without results when a broker dies.
 
-Issue "runtime broker failover" asks that a killed (SIGKILL) or hung (SIGSTOP) active broker cost
-a table at most 0.25 s / 1 s (p99) and no failed Detect. Each trial starts two fresh mosquitto
-(``set_tcp_nodelay``), the IDP simulator on both (in this process; ``Behaviour(delay_s=0.05)``,
-answering on the broker that carried the command) and one ``python -m gateway serve`` per table
-(ARO-201...), as deployed, with the DEFAULT failover timers (no "failover" section: probe every
-0.2 s, 0.6 s miss deadline, keepalive 5 s). Tables run rounds back to back (5 s deadline); once
-all links are up, broker b1 (priority 1) is killed or stopped at a random phase. A trial's number
-is fault -> first successful Detect completed on b2, max over tables; failed Detects (non-OK or
-a wrong result) are counted over the whole trial. The sidecars' JSON logs ("active broker b1 ->
-b2") split the number into detection and re-publish. Baseline, concurrently in the same run: the
-predecessor's plain aiomqtt client (``keepalive=60``, default timeout) iterating
-``client.messages``, its own broker stopped (once: killed) right after it subscribed, timed until
-MqttError: the worst phase for a hang, ~2x keepalive. Exit status 0 when every target is met.
+A killed (SIGKILL), hung (SIGSTOP) or QoS 1-stalled (PUBACKs dropped by a proxy) active broker
+must cost a table at most 0.25 s / 1 s / 1 s (p99) and no failed Detect. Each trial starts two
+fresh mosquitto (``set_tcp_nodelay``), the IDP simulator on both (in this process;
+``Behaviour(delay_s=0.05)``, answering on the broker that carried the command) and one ``python
+-m gateway serve`` per table (ARO-201...), as deployed, with the DEFAULT failover timers (no
+"failover" section: probe every 0.2 s, 0.6 s miss deadline, keepalive 5 s). Tables run rounds
+back to back (5 s deadline); once all links are up, broker b1 (priority 1) is killed, stopped or
+stalled at a random phase. A trial's number is fault -> first successful Detect completed on b2,
+max over tables; failed Detects (non-OK or a wrong result) are counted over the whole trial. The
+sidecars' JSON logs ("active broker b1 -> b2") split the number into detection and re-publish.
+Baseline, concurrently in the same run: the predecessor's plain aiomqtt client
+(``keepalive=60``, default timeout) iterating ``client.messages``, its own broker stopped (once:
+killed) right after it subscribed, timed until MqttError: the worst phase for a hang, ~2x
+keepalive. Exit status 0 when every target is met.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from benchlib import machine, run_bounded  # bench/ is on sys.path when run as a
 
 from gateway.client import GatewayClient
 from gateway.config import LinkTimings, default_topics
+from gateway.faultproxy import MqttFaultProxy
 from gateway.protocol import RouletteNumber
 from gateway.sandbox import HOST, MosquittoProcess
 from gateway.sim import Behaviour, IdpSimulator, SimBroker, SimTable, derive_result
@@ -57,8 +59,8 @@ TRIAL_S = 60.0  # bound on a whole trial
 BASELINE_LIMIT_S = 150.0  # bound on one plain-client trial
 SERVE = [sys.executable, "-m", "gateway", "--log-format", "json", "serve"]
 PDEATHSIG = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
-TARGETS = {"kill": 0.25, "hang": 1.0}
-FAULTS = {"kill": "SIGKILL", "hang": "SIGSTOP"}
+TARGETS = {"kill": 0.25, "hang": 1.0, "stall": 1.0}
+FAULTS = {"kill": "SIGKILL", "hang": "SIGSTOP", "stall": "no PUBACK"}
 
 
 @dataclass
@@ -175,12 +177,16 @@ async def trial(fault: str, tables: int, workdir: Path) -> dict[str, Any]:
         b2 = await stack.enter_async_context(MosquittoProcess(tcp_nodelay=True))
         sim_tables = [SimTable("roulette", c, *default_topics(c)) for c in codes]
         sim_brokers = [SimBroker(HOST, b1.port, id="b1"), SimBroker(HOST, b2.port, id="b2")]
+        # A QoS 1 stall: the sidecars reach b1 through a proxy that can drop its PUBACKs
+        # (the IDP, directly connected, still hears and answers everything).
+        proxy = await stack.enter_async_context(MqttFaultProxy(HOST, b1.port))
+        ports = {"b1": proxy.port if fault == "stall" else b1.port, "b2": b2.port}
         sim = IdpSimulator(sim_brokers, sim_tables, Behaviour(delay_s=0.05))
         sim_task = asyncio.create_task(sim.run())
         stack.push_async_callback(asyncio.wait, {sim_task})
         stack.callback(sim_task.cancel)
         await sim.wait_connected(10)
-        brokers = [{"id": b.id, "host": HOST, "port": b.port, "priority": i + 1}
+        brokers = [{"id": b.id, "host": HOST, "port": ports[b.id], "priority": i + 1}
                    for i, b in enumerate(sim_brokers)]  # fmt: skip
         configs = write_configs(workdir, codes, brokers)
         starting = [await spawn_sidecar(stack, config) for config in configs]
@@ -197,6 +203,8 @@ async def trial(fault: str, tables: int, workdir: Path) -> dict[str, Any]:
             fault_at, fault_wall = time.monotonic(), time.time()
             if fault == "kill":
                 await b1.kill()
+            elif fault == "stall":
+                proxy.stall_acks()
             else:
                 b1.pause()
             await until(lambda: all(d.first_b2(fault_at) is not None for d in desks), RECOVER_S)
@@ -281,15 +289,15 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         f"(default timers: probe {d.probe_interval_s:g} s / miss {d.probe_timeout_s:g} s, "
         f"keepalive {d.keepalive_s} s); IDP simulator in the bench process (answers 0.05 s "
         "after a detect, on its broker); 2 fresh mosquitto (set_tcp_nodelay) per trial; rounds "
-        f"back to back, {DEADLINE_S:g} s deadline; kill and hang trials interleaved"
+        f"back to back, {DEADLINE_S:g} s deadline; kill, hang and stall trials interleaved"
     )
     base = asyncio.create_task(baselines(args.baseline_trials)) if args.baseline_trials else None
-    runs: dict[str, list[dict[str, Any]]] = {"kill": [], "hang": []}
+    runs: dict[str, list[dict[str, Any]]] = {f: [] for f in FAULTS}
     try:
         with tempfile.TemporaryDirectory(prefix="failover-") as tmp:
             logs = Path(args.log_dir or tmp)
             for i in range(args.trials):
-                for fault in ("kill", "hang"):
+                for fault in FAULTS:
                     async with asyncio.timeout(TRIAL_S):
                         runs[fault].append(await trial(fault, args.tables, logs / f"{fault}{i}"))
         r["baseline"] = await base if base else "skipped"
@@ -299,7 +307,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.wait({base})
     r |= {f: summary(x) for f, x in runs.items()}
     r["verdicts"] = {f: (r[f]["p99"] or 1e9) <= TARGETS[f] for f in TARGETS}
-    r["verdicts"]["failed"] = r["kill"]["failed"] + r["hang"]["failed"] == 0
+    r["verdicts"]["failed"] = sum(r[f]["failed"] for f in FAULTS) == 0
     return r
 
 
@@ -312,17 +320,25 @@ def report(r: dict[str, Any]) -> None:
     print(f"machine: nproc={m['nproc']}, Python {m['python']}, {m['cpu']}, load {m['load_1m']:.2f}")
     print(f"setup: {r['setup']}")
     print(f"\nfault -> first OK Detect on b2 (max over tables), s; {n} trials each, so p99 ~ max")
-    print(f"{'':8}{'p50':>7}{'p99':>7}{'max':>7}{'failed':>7}{'plain client':>14}  target  verdict")
-    for f in ("kill", "hang"):
-        s, plain = r[f], "skipped" if b == "skipped" else fmt(b[f + "_s"][0], 1 + 2 * (f == "kill"))
+    print(
+        f"{'':10}{'p50':>7}{'p99':>7}{'max':>7}{'failed':>7}{'plain client':>14}  target  verdict"
+    )
+    for f in FAULTS:
+        plain = (
+            "skipped"
+            if b == "skipped" or f + "_s" not in b
+            else fmt(b[f + "_s"][0], 1 + 2 * (f == "kill"))
+        )
+        s = r[f]
         row = [fmt(s[k]) for k in ("p50", "p99", "max")] + [str(s["failed"]), plain]
         cells = "".join(f"{c:>7}" for c in row[:4]) + f"{row[4]:>14}"
-        print(f"{FAULTS[f]:8}{cells}  <= {TARGETS[f]:<4g} {'PASS' if v[f] else 'MISS'}")
-    failed = r["kill"]["failed"] + r["hang"]["failed"]
+        print(f"{FAULTS[f]:10}{cells}  <= {TARGETS[f]:<4g} {'PASS' if v[f] else 'MISS'}")
+    failed = sum(r[f]["failed"] for f in FAULTS)
     print(f"failed Detects, all trials: {failed} (target 0) {'PASS' if v['failed'] else 'MISS'}")
     hang = "" if b == "skipped" else f"; its SIGSTOP trials: {[fmt(x, 1) for x in b['hang_s']]}"
     print(f"plain client: aiomqtt keepalive 60 s, stopped/killed right after subscribing{hang}")
-    for f in ("kill", "hang"):
+    print("plain client, no PUBACK: never notices (its QoS 0 messages and pings still flow)")
+    for f in FAULTS:
         s = r[f]
         print(f"\n{FAULTS[f]}: fault -> sidecar switched to b2 (its log) p50 "
               f"{fmt(s['switch_p50'])} / max {fmt(s['switch_max'])} s; never recovered: "
@@ -346,7 +362,7 @@ def main() -> int:
     logging.basicConfig(level=logging.CRITICAL)  # "sim lost b1", paho's resets: expected here
     logging.getLogger("mqtt").setLevel(logging.CRITICAL)  # aiomqtt sets its own level
 
-    limit = 2 * args.trials * TRIAL_S + (args.baseline_trials + 1) * BASELINE_LIMIT_S + 60
+    limit = len(FAULTS) * args.trials * TRIAL_S + (args.baseline_trials + 1) * BASELINE_LIMIT_S + 60
     result = run_bounded(lambda: measure(args), limit)
     if isinstance(result, int):
         return result

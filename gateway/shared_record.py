@@ -276,6 +276,10 @@ class SharedElector:
         self._reachable, self._error = True, ""
         self._active_dead_since = None
         record = state.record
+        known = self._group.known
+        if record is not None and known is not None and record.broker not in known:
+            problem = f"it names broker {record.broker}, which no sidecar of the group has"
+            self._drops.add("record", f"{self.keys.group_hash} record", "", problem)
         self._max_epoch = max(self._max_epoch, state.epoch_floor)
         if record is not None:
             self._adopt(record)

@@ -61,7 +61,11 @@ class WebhookServer(kopf.WebhookServer):
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
         async def with_namespace(request: Any, **kwargs: Any) -> Any:
-            payload = request.get("request") or {}
+            try:
+                payload = webhook.admission_request(request)
+            except webhook.BadReview as exc:  # refused with the reason, never a 500
+                logging.getLogger(__name__).warning("malformed AdmissionReview: %s", exc)
+                return webhook.refusal(request, f"malformed AdmissionReview: {exc}")
             obj, namespace = payload.get("object"), payload.get("namespace")
             if isinstance(obj, dict) and namespace:
                 obj.setdefault("metadata", {}).setdefault("namespace", namespace)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonpatch
 import pytest
 
@@ -334,7 +335,10 @@ async def test_webhook_injects_the_native_sidecar(cluster: Cluster, op: Operator
     labelled = game_pod({"app": "roulette", "studio.gateway.dev/gametable": "aro-004"})
 
     async def allowed() -> dict[str, Any] | None:
-        response = await admit(cluster, op, labelled, "t-hook")  # the index fills in
+        try:
+            response = await admit(cluster, op, labelled, "t-hook")  # the index fills in
+        except aiohttp.ClientConnectorError:
+            return None  # kopf starts its webhook server after the liveness endpoint
         return response if response["allowed"] else None
 
     response = await eventually(allowed, 10, "the labelled pod is admitted")
@@ -367,6 +371,20 @@ async def test_webhook_injects_the_native_sidecar(cluster: Cluster, op: Operator
 
     other_namespace = await admit(cluster, op, labelled, "t-elsewhere")
     assert other_namespace["allowed"] is False  # GameTables are looked up in the pod's namespace
+
+    for body in (
+        [1, 2],
+        {"request": None},
+        {"request": {"uid": 5}},
+        review(labelled, "t-hook")
+        | {"request": {**review(labelled, "t-hook")["request"], "object": "a pod"}},
+    ):
+        async with cluster.session.post(f"{op.webhook_url}/inject-sidecar", json=body) as r:
+            assert r.status == 200, await r.text()  # refused with the reason, never a 500
+            answer = await r.json()
+        assert answer["response"]["allowed"] is False
+        assert "malformed AdmissionReview" in answer["response"]["status"]["message"]
+    assert (await admit(cluster, op, labelled, "t-hook"))["allowed"] is True  # still serving
 
 
 async def test_namespaced_operator_from_the_cli(redis_server: RedisProcess, tmp_path: Path) -> None:
