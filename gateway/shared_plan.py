@@ -133,6 +133,7 @@ def plan(
     known = group.known
     if record is not None and known is not None and record.broker not in known:
         problem = f"it names broker {record.broker}, which no sidecar of the group has"
+        floor = max(floor, record.epoch)
         record = None
     if record is None or record.epoch < seen:
         if record is None and not problem and not settled:
