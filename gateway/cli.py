@@ -255,6 +255,14 @@ def describe_health(h: pb.HealthResponse) -> str:
         f"{c.detects_failed}; frames stale {c.stale_frames}, invalid {c.invalid_frames}, "
         f"not-yet {c.not_yet_frames}, duplicate {c.duplicate_frames}"
     )
+    if h.dropped_inputs:
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(h.dropped_inputs.items()))
+        lines.append(f"  dropped inputs: {dropped}")
+    for loop in h.loops:
+        if loop.restarts:
+            lines.append(f"  loop {loop.name} restarted {loop.restarts}x: {loop.last_error}")
+    if h.config_error:
+        lines.append(f"  config: {h.config_error}")
     return "\n".join(lines)
 
 
