@@ -108,6 +108,8 @@ class Sidecar:
             busy=lambda: self.desk.busy,
             drops=self.drops,
             supervisor=self.supervisor,
+            watch=[table.command_topic],
+            on_late=lambda broker, topic, payload: self.desk.late_command(broker, topic, payload),
         )
         self.desk = RoundDesk(
             config.table, self.pool, on_busy_change=self.pool.busy_changed, drops=self.drops

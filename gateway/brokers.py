@@ -12,6 +12,11 @@ command publish that gets no PUBACK within ``operation_timeout_s`` counts the sa
 failure marks the link DOWN at once, fails its in-flight publishes, and reconnects with
 capped exponential backoff and jitter.
 
+Each link also watches the table's command topic: a command it sent without getting
+the PUBACK before it gave the broker up (a hang) may still be delivered when the broker
+resumes; seen (or, if the link was not subscribed yet, assumed when it is ready again),
+it is reported so the round in flight can be published again (``on_late``).
+
 A message whose handling fails is dropped and counted (``supervise.Drops``), never the
 link; a link that fails for a reason nobody foresaw is restarted by the pool's
 ``Supervisor``, never the process.
@@ -49,6 +54,7 @@ MessageHandler = Callable[[str, str, bytes], None]
 """Called with (broker id, topic, payload) for every message on a subscribed topic."""
 
 _FAILURE_MEMORY = 32
+_ORPHAN_MEMORY = 16  # unacknowledged commands remembered per link
 
 
 class ProbeMissed(Exception):
@@ -88,9 +94,18 @@ class BrokerLink:
         on_message: MessageHandler,
         on_state: Callable[[], None],
         drops: Drops | None = None,
+        watch: Sequence[str] = (),
+        on_late: MessageHandler = lambda broker, topic, payload: None,
     ) -> None:
         self.broker = broker
         self._topics = tuple(topics)
+        self._watch = tuple(t for t in watch if t not in self._topics)
+        self._watching: tuple[str, ...] = ()  # the watch topics the broker granted
+        self._on_late = on_late
+        # Commands sent on a connection that was then given up without their PUBACK. A
+        # hung broker still holds them in its socket buffer and delivers them when it
+        # resumes, long after: the desk must then repair what they did at the IDP.
+        self._orphans: list[tuple[str, bytes]] = []
         self._timings = timings
         self._on_message = on_message
         self._on_state = on_state
@@ -110,7 +125,7 @@ class BrokerLink:
         self._rtt_ms = 0.0
         self._last_error = ""
         self._probe_waiter: tuple[int, asyncio.Future[None]] | None = None
-        self._pending: set[asyncio.Future[None]] = set()
+        self._pending: dict[asyncio.Future[None], tuple[str, bytes]] = {}
         self._stalled: asyncio.Event | None = None  # set to end the session: no PUBACK
 
     @property
@@ -158,7 +173,9 @@ class BrokerLink:
     def _mark_down(self, exc: BaseException) -> None:
         """Record the failure and fail publishes waiting on this connection, at once."""
         self._last_error = describe_error(exc)
-        for fut in list(self._pending):
+        for fut, sent in list(self._pending.items()):
+            if not fut.done():
+                self._orphans = [*self._orphans[-_ORPHAN_MEMORY + 1 :], sent]
             fut.cancel()
         if self._state is LinkState.READY:
             self._failure_count += 1
@@ -180,7 +197,7 @@ class BrokerLink:
         if client is None or self._state is not LinkState.READY:
             raise NoBrokerAvailable(f"broker {self.id} is {self._state}")
         fut = asyncio.ensure_future(self._acknowledged(client, topic, payload, qos))
-        self._pending.add(fut)
+        self._pending[fut] = (topic, payload)
         try:
             await fut
         except asyncio.CancelledError:
@@ -193,6 +210,7 @@ class BrokerLink:
             raise
         except PublishStalled as exc:
             self._publishes_failed += 1
+            self._orphans = [*self._orphans[-_ORPHAN_MEMORY + 1 :], (topic, payload)]
             self._stall(exc)
             raise NoBrokerAvailable(f"publish to broker {self.id} failed: {exc}") from exc
         except aiomqtt.MqttError as exc:
@@ -201,7 +219,7 @@ class BrokerLink:
                 f"publish to broker {self.id} failed: {describe_error(exc)}"
             ) from exc
         finally:
-            self._pending.discard(fut)
+            self._pending.pop(fut, None)
         self._publishes_ok += 1
         raise_if_cancelled()  # the caller was cancelled but aiomqtt's wait_for ate it
 
@@ -265,12 +283,19 @@ class BrokerLink:
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         granted = await client.subscribe(
-            [(topic, 1) for topic in self._topics] + [(self._probe_topic, 0)]
+            [(topic, 1) for topic in self._topics]
+            + [(self._probe_topic, 0)]
+            + [(topic, 0) for topic in self._watch]
         )
-        topics = [*self._topics, self._probe_topic]
+        topics = [*self._topics, self._probe_topic, *self._watch]
         refused = [t for t, code in zip(topics, granted, strict=False) if _refused(code)]
-        if refused:
-            raise aiomqtt.MqttError(f"subscription refused by the broker for {refused}")
+        needed = [t for t in refused if t not in self._watch]
+        if needed:
+            raise aiomqtt.MqttError(f"subscription refused by the broker for {needed}")
+        self._watching = tuple(t for t in self._watch if t not in refused)
+        if len(self._watching) < len(self._watch):  # e.g. an ACL that allows publish only
+            log.info("broker %s refused watching %s; late commands are caught on reconnect",
+                     self.id, ", ".join(t for t in self._watch if t in refused))  # fmt: skip
 
     async def _serve(self, client: aiomqtt.Client) -> None:
         self._client = client
@@ -308,6 +333,9 @@ class BrokerLink:
                 if topic == self._probe_topic:
                     self._probe_answered(data)
                     continue
+                if topic in self._watching:
+                    self._watched(topic, data)
+                    continue
                 try:
                     self._on_message(self.id, topic, data)
                 except Exception as exc:  # one bad message costs that message only
@@ -317,6 +345,22 @@ class BrokerLink:
             self._mark_down(exc)
             raise
         raise aiomqtt.MqttError("message stream ended")
+
+    def _watched(self, topic: str, data: bytes) -> None:
+        """A command as the broker delivers it: ours, now or late (an orphan)."""
+        if (topic, data) in self._orphans:
+            self._orphans.remove((topic, data))
+            log.warning("broker %s delivered a command it took before it hung: %.100r",
+                        self.id, data)  # fmt: skip
+            self._on_late(self.id, topic, data)
+
+    def _recovered(self) -> None:
+        """Ready again: orphans may have been delivered before we could watch; assume so."""
+        orphans, self._orphans = self._orphans, []
+        for topic, data in orphans:
+            log.warning("broker %s is back; a command it took before it hung may have reached "
+                        "the IDP late: %.100r", self.id, data)  # fmt: skip
+            self._on_late(self.id, topic, data)
 
     def _probe_answered(self, data: bytes) -> None:
         waiter = self._probe_waiter
@@ -353,6 +397,7 @@ class BrokerLink:
             if self._state is not LinkState.READY:
                 self._connects += 1
                 self._set_state(LinkState.READY)
+                self._recovered()
                 log.info(
                     "broker %s ready (MQTT %s, probe %.2f ms)", self.id, self.protocol, self._rtt_ms
                 )
@@ -385,6 +430,8 @@ class BrokerPool:
         busy: Callable[[], bool] = lambda: False,
         drops: Drops | None = None,
         supervisor: Supervisor | None = None,
+        watch: Sequence[str] = (),
+        on_late: MessageHandler = lambda broker, topic, payload: None,
     ) -> None:
         self._elector = elector
         self._busy = busy
@@ -399,6 +446,8 @@ class BrokerPool:
                 on_message=on_message,
                 on_state=self.reevaluate,
                 drops=drops,
+                watch=watch,
+                on_late=on_late,
             )
             for b in brokers
         }

@@ -390,6 +390,28 @@ class RoundDesk:
             rnd.republish_queued = True
             self._queue.put_nowait(_Command("detect", rnd))
 
+    def late_command(self, broker_id: str, topic: str, payload: bytes) -> None:
+        """A command sent on a broker before it hung reached the IDP late, or may have: it
+        may have switched the IDP to an old round or stopped it. Publish the round in
+        flight again on the active broker; with none in flight, stop the IDP again."""
+        if topic != self.table.command_topic:
+            return
+        rnd = self._current
+        if rnd is not None and not rnd.closed and not rnd.future.done():
+            if rnd.republish_queued:
+                return
+            log.warning("round %s: a command delivered late by %s may have disturbed the "
+                        "IDP; publishing detect again", rnd.round_id, broker_id)  # fmt: skip
+            rnd.republish_queued = True
+            self._queue.put_nowait(_Command("detect", rnd))
+        elif rnd is None and self._answered is not None and b'"detect"' in payload:
+            log.warning("a detect delivered late by %s restarted the IDP; stopping it again",
+                        broker_id)  # fmt: skip
+            self._queue.put_nowait(_Command("timeout", _Round(
+                self._answered, "", None, asyncio.get_running_loop().create_future(),
+                publishes=1, closed=True,
+            )))  # fmt: skip
+
     # --- commands out -----------------------------------------------------------------
 
     async def run(self) -> None:

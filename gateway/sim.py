@@ -567,6 +567,16 @@ class IdpSimulator:
     async def _detect(
         self, origins: list[_Origin], table: SimTable, rid: str, previous: str, b: Behaviour
     ) -> None:
+        """Answer the round: on every broker that carried it, each on its own, so a broker
+        that hangs holds back only its own copy of the frames (or on all brokers)."""
+        if b.answer_on == "all":
+            await self._stream(origins, table, rid, previous, b)
+            return
+        await asyncio.gather(*(self._stream([o], table, rid, previous, b) for o in origins))
+
+    async def _stream(
+        self, origins: list[_Origin], table: SimTable, rid: str, previous: str, b: Behaviour
+    ) -> None:
         start, code, topic = time.monotonic(), table.table_code, table.response_topic
         if b.answer == "error":
             final: dict[str, object] = {

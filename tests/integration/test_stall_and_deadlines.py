@@ -136,3 +136,28 @@ async def test_a_password_file_that_is_not_utf8_is_refused_by_name(
             error = (await client.health()).config_error
             assert "password_file" in error and "secret" not in error
         proc.assert_alive()
+
+
+async def test_a_command_a_hung_broker_delivers_late_does_not_cost_the_round(
+    two_brokers: list[MosquittoProcess],
+) -> None:
+    """b1 hangs with round r1's detect unread in its socket; r1 is answered via b2. While
+    r2 waits, b1 resumes and hands the IDP r1's stale detect (a real IDP would switch to
+    it): the sidecar publishes r2 again, and r2 is answered."""
+    b1, _ = two_brokers
+    async with Stack(two_brokers, "roulette") as s:
+        b1.pause()
+        try:
+            d1 = await s.client.detect("ARO-001-r1", deadline_s=5)
+            assert d1.broker_id == "b2"
+            s.behave(delay_s=1.0)
+            second = asyncio.create_task(s.client.detect("ARO-001-r2", deadline_s=8))
+            await s.sim.wait_for_command(s.code, "detect", round_id="ARO-001-r2")
+        finally:
+            b1.resume()
+        # The hung broker delivers r1's detect to the IDP now, after r2's.
+        late = await s.sim.wait_for_command(s.code, "detect", round_id="ARO-001-r1", count=2)
+        assert late.broker == "b1"
+        d2 = await second
+        assert d2.result == expected("roulette", "ARO-001-r2")
+        assert d2.publishes >= 2  # published again after the late command
