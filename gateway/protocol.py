@@ -222,7 +222,9 @@ def _classify(game: Game, payload: bytes, round_id: str, baccarat_tableau: bool)
     arg = doc.get("arg")
     if not isinstance(arg, dict):
         return Invalid("arg is missing or not an object")
-    err = arg.get("err")
+    # The predecessor's documents write a good result without "err" ({"round_id", "res"}),
+    # and it accepted that: a frame without "err" is a result if its round and value are.
+    err = arg.get("err", ERR_OK) if "round_id" in arg else arg.get("err")
     if isinstance(err, bool) or not isinstance(err, int):
         return Invalid(f"err is not an integer: {_short(err)}")
     frame_round = arg.get("round_id")
@@ -241,6 +243,7 @@ def _classify(game: Game, payload: bytes, round_id: str, baccarat_tableau: bool)
     return _classify_result(game, round_id, arg.get("res"), baccarat_tableau)
 
 
+_DECIMAL = re.compile(r"0|[1-9][0-9]?")  # "0".."99", no sign, space or leading zero
 _STRUCTURE = re.compile(rb'["\\\[\]{}]')
 
 
@@ -293,6 +296,8 @@ def _sicbo(round_id: str, res: Any) -> Frame:
 
 
 def _roulette(round_id: str, res: Any) -> Frame:
+    if isinstance(res, str) and _DECIMAL.fullmatch(res):
+        res = int(res)  # "25": the predecessor's tests treat a decimal string as the number
     if not _is_int(res) or not 0 <= res <= 36:
         return Invalid(f"roulette res must be an integer 0..36, got {_short(res)}")
     return Answer(round_id, RouletteNumber(res))

@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from gateway.cli import metadata_pairs
+from gateway.protocol import RouletteNumber
 from gateway.sandbox import MosquittoProcess
 from tests.integration.harness import INPUT, OUTPUT, Stack, expected
 
@@ -237,3 +238,16 @@ async def test_duplicates_through_two_brokers_complete_once(
         h = await s.client.health()
         assert h.counters.detects_ok == 1
         assert h.counters.duplicate_frames >= 1
+
+
+async def test_the_predecessors_result_forms_are_results(broker: MosquittoProcess) -> None:
+    """A device answering the predecessor's way (no err, the number as "25") is heard."""
+    async with Stack([broker], "roulette") as s:
+        s.behave(answer="silence")
+        for n, res in enumerate(('"25"', "7")):
+            rid = f"ARO-001-old-{n}"
+            call = asyncio.create_task(s.client.detect(rid, deadline_s=5))
+            await s.sim.wait_for_command(s.code, "detect", round_id=rid)
+            frame = f'{{"response": "result", "arg": {{"round_id": "{rid}", "res": {res}}}}}'
+            await s.inject(broker, frame.encode())
+            assert (await call).result == RouletteNumber(int(res.strip('"')))

@@ -230,7 +230,7 @@ def test_early_frames_are_not_yet(game: Game, res: Any) -> None:
         (Game.SICBO, _frame("R-1", [4, 2, 6], None)),
         (Game.SICBO, _frame("R-1", [4, 2, 6], False)),
         (Game.SICBO, _frame("R-1", [4, 2, 6], True)),
-        (Game.SICBO, b'{"response": "result", "arg": {"round_id": "R-1", "res": [4, 2, 6]}}'),
+        (Game.SICBO, b'{"response": "result", "arg": {"round_id": "R-1", "res": [4, 2, 7]}}'),
         (Game.SICBO, _frame(None, [4, 2, 6], 0)),
         (Game.SICBO, _frame(None, [], -3)),
         (Game.SICBO, _frame(12, [4, 2, 6], 0)),
@@ -250,7 +250,10 @@ def test_early_frames_are_not_yet(game: Game, res: Any) -> None:
         (Game.SICBO, _frame("R-1", [[4], [2], [6]])),
         (Game.ROULETTE, _frame("R-1", 37)),
         (Game.ROULETTE, _frame("R-1", -1)),
-        (Game.ROULETTE, _frame("R-1", "5")),
+        (Game.ROULETTE, _frame("R-1", "05")),
+        (Game.ROULETTE, _frame("R-1", " 5")),
+        (Game.ROULETTE, _frame("R-1", "+5")),
+        (Game.ROULETTE, _frame("R-1", "37")),
         (Game.ROULETTE, _frame("R-1", True)),
         (Game.ROULETTE, _frame("R-1", False)),
         (Game.ROULETTE, _frame("R-1", 5.0)),
@@ -295,7 +298,7 @@ def test_early_frames_are_not_yet(game: Game, res: Any) -> None:
         "err-null",
         "err-false",
         "err-true",
-        "err-missing",
+        "err-missing-bad-dice",
         "no-round-id-err-0",
         "no-round-id-err-3",
         "round-id-not-string",
@@ -315,7 +318,10 @@ def test_early_frames_are_not_yet(game: Game, res: Any) -> None:
         "dice-nested",
         "roulette-37",
         "roulette-minus-1",
-        "roulette-string",
+        "roulette-string-leading-zero",
+        "roulette-string-space",
+        "roulette-string-sign",
+        "roulette-string-37",
         "roulette-true",
         "roulette-false",
         "roulette-float",
@@ -620,3 +626,36 @@ def test_check_stream_url_rejects_non_stream_urls(field: str, url: str) -> None:
     with pytest.raises(InvalidRequest) as info:
         check_stream_url(field, url)
     assert info.value.message.startswith(field)
+
+
+@pytest.mark.parametrize(
+    ("game", "payload", "result"),
+    [
+        (
+            Game.SICBO,
+            b'{"response": "result", "arg": {"round_id": "R-1", "res": [4, 2, 6]}}',
+            SicBoDice((4, 2, 6)),
+        ),
+        (Game.ROULETTE, _frame("R-1", "25"), RouletteNumber(25)),
+        (Game.ROULETTE, _frame("R-1", "0"), RouletteNumber(0)),
+        (
+            Game.ROULETTE,
+            b'{"response": "result", "arg": {"round_id": "R-1", "res": "36"}}',
+            RouletteNumber(36),
+        ),
+    ],
+    ids=["no-err", "roulette-decimal-string", "roulette-zero-string", "no-err-and-string"],
+)
+def test_the_predecessors_accepted_forms_are_results(
+    game: Game, payload: bytes, result: object
+) -> None:
+    """A result without err, and a roulette number as a decimal string, for the right round."""
+    assert classify(game, payload, "R-1") == Answer("R-1", result)  # type: ignore[arg-type]
+    assert isinstance(classify(game, payload, "R-2"), Foreign)
+
+
+def test_a_frame_without_err_or_round_id_is_still_invalid() -> None:
+    """Without a round id there is nothing to match: err is required then (-1 = not yet)."""
+    assert isinstance(
+        classify(Game.ROULETTE, b'{"response":"result","arg":{"res":5}}', "R-1"), Invalid
+    )
