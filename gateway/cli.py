@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -153,6 +154,11 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> int:
     return 1
 
 
+def _json(message: Any) -> str:
+    """A response as JSON with every field, zeros included: roulette 0 is a result."""
+    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True)
+
+
 def describe_response(r: pb.DetectResponse) -> str:
     kind = r.WhichOneof("result")
     if kind == "sicbo":
@@ -179,7 +185,7 @@ async def _detect(args: argparse.Namespace) -> int:
             )
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
-    print(json_format.MessageToJson(r) if args.json else describe_response(r))
+    print(_json(r) if args.json else describe_response(r))
     return 0
 
 
@@ -203,9 +209,9 @@ async def _health(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
     if args.json:
-        print(json_format.MessageToJson(h))
+        print(_json(h))
         if stats is not None:
-            print(json_format.MessageToJson(stats))
+            print(_json(stats))
     else:
         print(describe_health(h))
         if stats is not None:

@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.protocol import RouletteNumber
 from gateway.sandbox import MosquittoProcess
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.harness import Stack, expected, until, wait_health
@@ -119,6 +120,18 @@ async def test_cli_detect_and_health(broker: MosquittoProcess) -> None:
         assert "SERVING" in out and "detects ok 2" in out
         code, out, _ = await run(*gateway("health", "--target", addr, "--json"))
         assert json.loads(out)["activeBrokerId"] == "b1"
+
+
+async def test_cli_detect_json_prints_a_zero_as_a_result(broker: MosquittoProcess) -> None:
+    """Roulette 0 is a result: --json prints "number": 0, not an empty object."""
+    round_id = "ARO-001-zero-46"
+    assert expected("roulette", round_id) == RouletteNumber(0)
+    async with Stack([broker], "roulette") as s:
+        code, out, err = await run(
+            *gateway("detect", "--target", s.sidecar.address, "--round-id", round_id, "--json")
+        )
+        assert code == 0, err
+        assert json.loads(out)["roulette"] == {"number": 0}
 
 
 async def test_cli_detect_reports_errors_with_a_nonzero_exit(broker: MosquittoProcess) -> None:
