@@ -305,11 +305,19 @@ def _parse_legacy(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
         trace_context_in_command=False,
     )
     brokers = []
+    # Credentials for every broker that has none of its own (the predecessor's meaning).
+    default_user = top.opt_string("default_username")
+    default_password = top.opt_string("default_password")
+    if default_password:
+        log.warning("%s: default_password is written in the config file; prefer "
+                    "password_file or an environment variable", top.source)  # fmt: skip
     for b in top.sections("brokers"):
         host = _host(b, "broker")
         port = b.integer("port", 1883, lo=1, hi=65535)
         broker_id = f"{host}:{port}"
         username, password = _credentials(b, broker_id, env)
+        if username is None and password is None:
+            username, password = default_user or None, default_password or None
         brokers.append(
             BrokerConfig(
                 id=broker_id,
@@ -318,6 +326,7 @@ def _parse_legacy(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
                 priority=b.integer("priority", 1, lo=1, hi=1000),
                 username=username,
                 password=password,
+                tls=_legacy_tls(b),
             )
         )
     frozen = tuple(brokers)
@@ -329,6 +338,24 @@ def _parse_legacy(top: _Section, env: Mapping[str, str]) -> GatewayConfig:
         redis=_redis(None, env, top.source),
         environment=top.string("environment", "production"),
         source=top.source,
+    )
+
+
+def _legacy_tls(b: _Section) -> TlsSettings | None:
+    """The predecessor's ``ssl``, ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``."""
+    enabled = b.boolean("ssl", False)
+    files = {key: b.opt_string(key) for key in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")}
+    if not enabled:
+        for key, value in files.items():
+            if value is not None:
+                b.fail(key, "is set but ssl is not true: say ssl: true, or remove it")
+        return None
+    if (files["ssl_certfile"] is None) != (files["ssl_keyfile"] is None):
+        b.fail("ssl_certfile", "ssl_certfile and ssl_keyfile must be given together")
+    return TlsSettings(
+        ca_file=files["ssl_ca_certs"],
+        cert_file=files["ssl_certfile"],
+        key_file=files["ssl_keyfile"],
     )
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,46 @@ def test_predecessor_defaults_topics_from_table_code() -> None:
         "ikg/idp/SBO-001/command",
         "ikg/idp/SBO-001/response",
     )
+
+
+def test_predecessor_default_credentials_apply_to_brokers_without_their_own() -> None:
+    """Top-level default_username/default_password: used by every broker that has none."""
+    doc = _legacy()
+    doc["default_username"], doc["default_password"] = "PFC", "wago"
+    del doc["brokers"][0]["username"], doc["brokers"][0]["password"]
+    doc["brokers"][1]["username"], doc["brokers"][1]["password"] = "own", "pw"
+    config = _parse(doc)
+    assert [(b.username, b.password) for b in config.brokers] == [("PFC", "wago"), ("own", "pw")]
+
+
+def test_predecessor_ssl_settings_become_tls() -> None:
+    """ssl, ssl_ca_certs, ssl_certfile, ssl_keyfile keep their meaning: TLS to that broker."""
+    doc = _legacy()
+    doc["brokers"][0].update(
+        ssl=True, ssl_ca_certs="/etc/ca.crt", ssl_certfile="/etc/c.crt", ssl_keyfile="/etc/c.key"
+    )
+    doc["brokers"][1]["keepalive"] = 60  # unused: the probes notice a hang
+    config = _parse(doc)
+    assert config.brokers[0].tls == TlsSettings("/etc/ca.crt", "/etc/c.crt", "/etc/c.key")
+    assert config.brokers[1].tls is None
+
+
+@pytest.mark.parametrize(
+    "edit,field",
+    [
+        ({"ssl_ca_certs": "/etc/ca.crt"}, "brokers[0].ssl_ca_certs: is set but ssl is not true"),
+        ({"ssl": True, "ssl_certfile": "/c.crt"}, "brokers[0].ssl_certfile: ssl_certfile and"),
+        ({"ssl": "yes"}, "brokers[0].ssl: must be true or false"),
+    ],
+)
+def test_predecessor_ssl_settings_that_cannot_be_meant_are_refused_by_name(
+    edit: dict[str, Any], field: str
+) -> None:
+    """TLS settings are never silently dropped: a contradiction names the key."""
+    doc = _legacy()
+    doc["brokers"][0].update(edit)
+    with pytest.raises(ConfigError, match=re.escape(field)):
+        _parse(doc)
 
 
 def test_predecessor_password_in_file_logs_a_warning(caplog: pytest.LogCaptureFixture) -> None:
