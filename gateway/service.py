@@ -366,6 +366,9 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
             broker_group=self.config.broker_group,
             config_error=self.config_error(),
             dropped_inputs=self._drops.counts,
+            command_topic=self._desk.table.command_topic,
+            response_topic=self._desk.table.response_topic,
+            timeout_s=self._desk.table.timeout_s,
             loops=[
                 pb.LoopHealth(
                     name=h.name,

@@ -577,6 +577,9 @@ class HealthResponse(_message.Message):
     CONFIG_ERROR_FIELD_NUMBER: _builtins.int
     DROPPED_INPUTS_FIELD_NUMBER: _builtins.int
     LOOPS_FIELD_NUMBER: _builtins.int
+    COMMAND_TOPIC_FIELD_NUMBER: _builtins.int
+    RESPONSE_TOPIC_FIELD_NUMBER: _builtins.int
+    TIMEOUT_S_FIELD_NUMBER: _builtins.int
     status: Global___HealthResponse.Status.ValueType
     reason: _builtins.str
     """Why the status is what it is, and why the active broker was chosen."""
@@ -595,6 +598,11 @@ class HealthResponse(_message.Message):
     broker_group: _builtins.str
     config_error: _builtins.str
     """Why the last change of the mounted configuration was not applied ("" if it was)."""
+    command_topic: _builtins.str
+    """The table as the sidecar serves it (what a caller's own settings are compared with)."""
+    response_topic: _builtins.str
+    timeout_s: _builtins.float
+    """The longest a Detect waits (the table's timeout_s)."""
     @_builtins.property
     def brokers(self) -> _containers.RepeatedCompositeFieldContainer[Global___BrokerHealth]: ...
     @_builtins.property
@@ -630,10 +638,13 @@ class HealthResponse(_message.Message):
         config_error: _builtins.str = ...,
         dropped_inputs: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         loops: _abc.Iterable[Global___LoopHealth] | None = ...,
+        command_topic: _builtins.str = ...,
+        response_topic: _builtins.str = ...,
+        timeout_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["counters", b"counters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "broker_group", b"broker_group", "brokers", b"brokers", "config_error", b"config_error", "config_generation", b"config_generation", "counters", b"counters", "dropped_inputs", b"dropped_inputs", "election", b"election", "epoch", b"epoch", "game", b"game", "instance_id", b"instance_id", "live_reporters", b"live_reporters", "loops", b"loops", "reason", b"reason", "status", b"status", "table_code", b"table_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_broker_id", b"active_broker_id", "broker_group", b"broker_group", "brokers", b"brokers", "command_topic", b"command_topic", "config_error", b"config_error", "config_generation", b"config_generation", "counters", b"counters", "dropped_inputs", b"dropped_inputs", "election", b"election", "epoch", b"epoch", "game", b"game", "instance_id", b"instance_id", "live_reporters", b"live_reporters", "loops", b"loops", "reason", b"reason", "response_topic", b"response_topic", "status", b"status", "table_code", b"table_code", "timeout_s", b"timeout_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
