@@ -27,7 +27,6 @@ of the wire.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Awaitable, Coroutine, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -49,6 +48,7 @@ from gateway.client_errors import (
     error_from_rpc,
     metadata_pairs,
 )
+from gateway.loopthread import LoopClosed, LoopThread
 from gateway.protocol import BaccaratHand, Result, RouletteNumber, SicBoDice
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
@@ -374,13 +374,7 @@ class SyncGatewayClient:
         retry: RetryPolicy | None = None,
     ) -> None:
         self.target = target
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"gateway-client {target}", daemon=True
-        )
-        self._lock = threading.Lock()
-        self._closed = False
-        self._thread.start()
+        self._thread = LoopThread(f"gateway-client {target}")
 
         async def open_client() -> GatewayClient:
             # The channel must be created on the loop that will use it.
@@ -400,19 +394,10 @@ class SyncGatewayClient:
         self.close()
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("SyncGatewayClient called from its own event loop thread")
-        with self._lock:  # no call may reach the loop once close() has begun
-            if self._closed:
-                coro.close()
-                raise RuntimeError(f"SyncGatewayClient for {self.target} is closed")
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
         try:
-            return future.result()
-        except BaseException:
-            future.cancel()  # e.g. KeyboardInterrupt in the caller: stop the call too
-            raise
+            return self._thread.run(coro)
+        except LoopClosed:
+            raise RuntimeError(f"SyncGatewayClient for {self.target} is closed") from None
 
     def detect(
         self,
@@ -439,14 +424,4 @@ class SyncGatewayClient:
 
     def close(self) -> None:
         """Close the channel and stop the loop thread; safe to call more than once."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            closing = asyncio.run_coroutine_threadsafe(self._client.close(), self._loop)
-        try:
-            closing.result()
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+        self._thread.close(self._client.close())

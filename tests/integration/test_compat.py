@@ -308,3 +308,25 @@ async def test_cleanup_is_idempotent_and_stops_everything(broker: MosquittoProce
         ok, _ = await system.detect("SBO-001-compat-again")
         assert ok
         await system.cleanup()
+
+
+async def test_the_system_works_from_any_loop_and_any_thread(broker: MosquittoProcess) -> None:
+    """initialize in one asyncio.run, each detect in its own asyncio.run on a worker
+    thread, cleanup from yet another loop: every round gets its real result."""
+    async with Stack([broker], "roulette") as s:
+        system = system_for(s, GameType.ROULETTE)
+
+        def in_a_loop_of_its_own(coro: Any) -> Any:
+            return asyncio.run(coro)
+
+        assert await asyncio.to_thread(in_a_loop_of_its_own, system.initialize()) is True
+        for n in range(5):
+            rid = f"{s.code}-loops-{n}"
+            ok, result = await asyncio.to_thread(in_a_loop_of_its_own, system.detect(rid))
+            assert (ok, result) == (True, legacy_result(expected("roulette", rid)))
+        ok, result = await system.detect(f"{s.code}-loops-here")  # and from this loop too
+        assert ok is True
+        assert await asyncio.to_thread(in_a_loop_of_its_own, system.send_timeout_command())
+        await asyncio.to_thread(in_a_loop_of_its_own, system.cleanup())
+        assert system.is_initialized is False
+        assert await system.detect(f"{s.code}-after") == (False, None)

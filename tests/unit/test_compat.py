@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import grpc
 import pytest
@@ -15,17 +16,17 @@ from gateway.client import (
     SicBoDice,
 )
 from gateway.compat import (
-    DEFAULT_TARGET,
     CompleteMQTTSystem,
     Environment,
     GameType,
     connection_stats,
-    describe_failure,
     health_report,
     legacy_result,
     parse_payload,
     topic_matches,
 )
+from gateway.compat.legacy import describe_failure
+from gateway.compat.system import DEFAULT_TARGET
 from gateway.v1 import gateway_pb2 as pb
 
 TARGET = "127.0.0.1:50051"
@@ -214,12 +215,19 @@ def test_target_comes_from_argument_then_environment_then_default(
 
 
 def test_predecessor_arguments_are_accepted_and_ignored(caplog: pytest.LogCaptureFixture) -> None:
-    """The predecessor's positional arguments still work; the broker ones are only logged."""
-    caplog.set_level(logging.DEBUG, logger="gateway.compat")
+    """The predecessor's positional arguments still work and are kept where its callers
+    read them (attributes and the status); the sidecar owns what they configured."""
     system = CompleteMQTTSystem("baccarat", "staging", "conf", 10, False, False)
     assert (system.game_type, system.environment) == (GameType.BACCARAT, Environment.STAGING)
     assert system.is_initialized is False and system.is_running is False
-    assert "max_connections=10" in caplog.text and "ignored" in caplog.text
+    assert (system.max_connections, system.enable_connection_pooling) == (10, False)
+    assert system.enable_message_processing is False
+    assert system.logger.name == "gateway.compat.baccarat"
+    status = system.get_system_status()
+    assert status["connection_manager"]["enabled"] is False
+    assert status["message_processor"]["enabled"] is False
+    assert status["config_info"]["game_code"] == "BAC-001"
+    assert status["primary_client"]["connected"] is False
 
 
 async def test_calls_before_initialize_fail_softly(caplog: pytest.LogCaptureFixture) -> None:
@@ -232,3 +240,86 @@ async def test_calls_before_initialize_fail_softly(caplog: pytest.LogCaptureFixt
     assert health["status"] == "unhealthy" and "initialize" in health["issues"][0]
     assert system.get_connection_stats()["total_connections"] == 0
     await system.cleanup()  # nothing to clean: fine
+
+
+def test_game_type_accepts_the_predecessors_own_enum_members() -> None:
+    """Any enum member whose value is a game's spelling converts (case-insensitively)."""
+    import enum
+
+    class Theirs(enum.Enum):
+        SICBO = "sicbo"
+        ROULETTE = "ROULETTE"
+
+    assert GameType(Theirs.SICBO) is GameType.SICBO
+    assert GameType(Theirs.ROULETTE) is GameType.ROULETTE
+    assert CompleteMQTTSystem(Theirs.SICBO).game_type is GameType.SICBO
+    with pytest.raises(ValueError):
+        GameType("craps")
+
+
+def test_each_game_finds_its_own_sidecar(monkeypatch: pytest.MonkeyPatch) -> None:
+    """target= first, then GATEWAY_TARGET_<GAME>, then GATEWAY_TARGET, then the default."""
+    from gateway.compat import sidecar_target
+
+    monkeypatch.setenv("GATEWAY_TARGET", "10.0.0.1:1")
+    monkeypatch.setenv("GATEWAY_TARGET_SICBO", "10.0.0.2:2")
+    assert sidecar_target(GameType.SICBO) == "10.0.0.2:2"
+    assert sidecar_target(GameType.ROULETTE) == "10.0.0.1:1"
+    assert sidecar_target(GameType.SICBO, "x:3") == "x:3"
+
+
+def health_of(**kw: object) -> pb.HealthResponse:
+    base: dict[str, object] = {
+        "table_code": "ARO-001",
+        "command_topic": "ikg/idp/ARO-001/command",
+        "response_topic": "ikg/idp/ARO-001/response",
+        "timeout_s": 10.0,
+        "instance_id": "ARO-001-ab",
+        "brokers": [pb.BrokerHealth(id="b1", host="10.0.0.9", port=1883, priority=1)],
+    }
+    return pb.HealthResponse(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_the_programs_settings_are_compared_with_what_the_sidecar_serves() -> None:
+    """Each setting that differs is named once; credentials and client id only if set."""
+    from gateway.compat.config import BrokerConfig, default_config, differences
+
+    config = default_config(GameType.ROULETTE, Environment.PRODUCTION)
+    baseline = default_config(GameType.ROULETTE, Environment.PRODUCTION)
+    assert differences(config, health_of(), baseline) == []
+    config.brokers = [BrokerConfig("10.0.0.9", 1883, "PFC", "wago", 1)]
+    assert differences(config, health_of(), baseline) == [
+        "brokers[].password, brokers[].username not used: the sidecar connects with its own "
+        "credentials (its Secret or environment)"
+    ]
+    config.brokers = [BrokerConfig("192.168.20.9")]
+    config.game_config.response_topic = "other/response"
+    config.game_config.timeout = 30
+    config.client_id = "mine"
+    found = differences(config, health_of(), baseline)
+    assert (
+        found[0] == "response_topic 'other/response': the sidecar uses 'ikg/idp/ARO-001/response'"
+    )
+    assert found[1] == "timeout 30s: the sidecar's detect timeout is 10s"
+    assert found[2].startswith("brokers 192.168.20.9:1883 (priority 1): the sidecar uses 10.0.0.9")
+    assert found[3].startswith("client_id 'mine' is not used")
+
+
+def test_the_predecessors_file_is_read_from_config_dir(tmp_path: Path) -> None:
+    """MQTTConfigManager/get_config read the per-table file as the sidecar would; absent
+    or unreadable, the game's defaults."""
+    from gateway.compat import MQTTConfigManager, get_config
+
+    root = tmp_path
+    (root / "sicbo-broker.json").write_text(
+        '{"brokers": [{"broker": "10.0.0.9", "port": 8883, "priority": 1, "ssl": true}],'
+        ' "default_username": "PFC", "game_config": {"game_type": "sicbo", "game_code": "SBO-002"}}'
+    )
+    config = MQTTConfigManager(root).get_config("sicbo")
+    assert config.game_config.game_code == "SBO-002"
+    assert [(b.broker, b.port, b.ssl, b.username) for b in config.brokers] == [
+        ("10.0.0.9", 8883, True, "PFC")
+    ]
+    assert get_config(GameType.BACCARAT, "production", root).game_config.game_code == "BAC-001"
+    (root / "roulette.json").write_text("[[[")
+    assert get_config("roulette", config_dir=root).source == "defaults"

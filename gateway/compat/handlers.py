@@ -5,11 +5,16 @@ carries every topic the sidecar offers for the table and the handlers are matche
 (``+``/``#`` filters allowed). The stream is reopened with capped backoff and jitter when it
 fails or ends (a sidecar restart), and at once when a handler is added for a topic the open
 stream does not carry (the sidecar's configuration may have gained it).
+
+The stream runs on the facade's own loop. A handler runs on the event loop that was
+running when it was registered, as long as that loop runs (so it may use that loop's
+objects), else on the facade's loop; handlers may be added from any thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import inspect
 import logging
@@ -18,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from gateway.client import GatewayClient, GatewayError, InvalidRound, Subscription
-from gateway.legacy import describe_failure, parse_payload, topic_matches
+from gateway.compat.legacy import describe_failure, parse_payload, topic_matches
 from gateway.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("gateway.compat")
@@ -38,7 +43,8 @@ class MessageHandlers:
     def __init__(self, target: str) -> None:
         self.target = target
         self.table_code = ""
-        self.handlers: list[tuple[str, MessageHandler]] = []
+        self.handlers: list[tuple[str, MessageHandler, asyncio.AbstractEventLoop | None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.subscribed: frozenset[str] = frozenset()  # what the open stream carries
         self._carried: frozenset[str] = frozenset()  # topics the sidecar offers
         self._reported: set[str] = set()  # patterns already logged as matching none...
@@ -51,6 +57,7 @@ class MessageHandlers:
     def start(self, table_code: str) -> None:
         """Fresh events on the running loop, before ``run`` is started."""
         self.table_code = table_code
+        self._loop = asyncio.get_running_loop()
         self._recheck, self.settled = asyncio.Event(), asyncio.Event()
         self._running = True
 
@@ -58,15 +65,20 @@ class MessageHandlers:
         self._running = False
         self.subscribed = frozenset()
 
-    def add(self, topic: str, handler: MessageHandler) -> None:
+    def add(
+        self, topic: str, handler: MessageHandler, home: asyncio.AbstractEventLoop | None = None
+    ) -> None:
+        """Register ``handler`` (from any thread); ``home``: the loop it should run on."""
         if not callable(handler):
             raise TypeError(f"handler for {topic!r} is not callable: {handler!r}")
-        self.handlers.append((topic, handler))
-        if self._running and not any(topic_matches(topic, t) for t in self._carried):
-            self._recheck.set()  # maybe a topic added since: ask the sidecar again
+        self.handlers.append((topic, handler, home))
+        loop = self._loop
+        matched = any(topic_matches(topic, t) for t in self._carried)
+        if self._running and loop is not None and not loop.is_closed() and not matched:
+            loop.call_soon_threadsafe(self._recheck.set)  # maybe a topic added since: look
 
     def remove(self, topic: str) -> None:
-        self.handlers = [(t, h) for t, h in self.handlers if t != topic]
+        self.handlers = [entry for entry in self.handlers if entry[0] != topic]
 
     async def run(self, client: GatewayClient) -> None:
         """One Subscribe stream of every topic the sidecar carries, handlers matched here;
@@ -127,11 +139,15 @@ class MessageHandlers:
 
     async def _dispatch(self, message: pb.TopicMessage) -> None:
         payload = message.payload.decode("utf-8", errors="replace")
-        for pattern, handler in list(self.handlers):
+        for pattern, handler, home in list(self.handlers):
             if not topic_matches(pattern, message.topic):
                 continue
+            args = (message.topic, payload, parse_payload(payload))
             try:
-                outcome = handler(message.topic, payload, parse_payload(payload))
+                if home is not None and home is not self._loop and home.is_running():
+                    await _on_home(home, handler, args)
+                    continue
+                outcome = handler(*args)
                 if inspect.isawaitable(outcome):
                     await outcome
             except Exception:
@@ -147,7 +163,7 @@ class MessageHandlers:
         if self._carried != self._reported_for:
             self._reported, self._reported_for = set(), self._carried
         carried = ", ".join(sorted(self._carried)) or "none"
-        for pattern, _ in self.handlers:
+        for pattern, _, _ in self.handlers:
             if pattern in self._reported or any(topic_matches(pattern, t) for t in self._carried):
                 continue
             self._reported.add(pattern)
@@ -161,7 +177,57 @@ class MessageHandlers:
                 carried,
                 f" ({why})" if why else "",
             )
-        self._reported &= {p for p, _ in self.handlers}
+        self._reported &= {p for p, _, _ in self.handlers}
+
+
+async def _on_home(
+    home: asyncio.AbstractEventLoop, handler: MessageHandler, args: tuple[str, str, Any]
+) -> None:
+    """Run ``handler`` on the loop it was registered from and wait for it (in order)."""
+    if inspect.iscoroutinefunction(handler):
+        await _wait(asyncio.run_coroutine_threadsafe(handler(*args), home), home)
+        return
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def call() -> None:
+        try:
+            outcome = handler(*args)
+        except Exception as exc:
+            done.set_exception(exc)
+            return
+        if not inspect.isawaitable(outcome):
+            done.set_result(None)
+            return
+        # A plain function that returned a coroutine: run it here too and wait for it.
+        task = asyncio.ensure_future(outcome)
+
+        def finished(t: asyncio.Future[Any]) -> None:
+            if t.cancelled():
+                done.set_exception(RuntimeError("the message handler was cancelled"))
+            elif (error := t.exception()) is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(None)
+
+        task.add_done_callback(finished)
+
+    home.call_soon_threadsafe(call)
+    await _wait(done, home)
+
+
+async def _wait(done: concurrent.futures.Future[Any], home: asyncio.AbstractEventLoop) -> None:
+    """Wait for a handler on its home loop; give up if that loop stops meanwhile."""
+    waiting = asyncio.wrap_future(done)
+    while True:
+        try:
+            async with asyncio.timeout(1.0):
+                await asyncio.shield(waiting)
+            return
+        except TimeoutError:
+            if not home.is_running():
+                waiting.cancel()
+                log.warning("a message handler's event loop stopped while it ran")
+                return
 
 
 async def _next(stream: Subscription) -> pb.TopicMessage | None:

@@ -1,18 +1,25 @@
-"""The predecessor's ``mqtt.complete_system`` API, served by the sidecar: change an import.
+"""The predecessor's ``CompleteMQTTSystem``, served by the sidecar: change the imports.
 
 ::
 
-    from gateway.compat import CompleteMQTTSystem, Environment, GameType
+    from gateway.compat import CompleteMQTTSystem                   # was mqtt.complete_system
+    from gateway.compat.config import BrokerConfig, Environment, GameType  # its config module
 
     system = CompleteMQTTSystem(GameType.SICBO, Environment.PRODUCTION)
     await system.initialize()
     ok, dice = await system.detect("SBO-001-20251120-101500")  # (True, [4, 2, 6])
+    await system.send_timeout_command()  # True: the sidecar has stopped the IDP already
     await system.cleanup()
 
 Game code keeps its calls and result shapes (SicBo ``[4, 2, 6]``, Roulette ``35``,
 Baccarat ``["KD", "8S", "10H", "AC", "", ""]``); the brokers, failover and round matching
-now live in the sidecar (``gateway.client`` talks to it, ``127.0.0.1:50051`` by default,
-or ``GATEWAY_TARGET``). One deliberate difference: ``detect`` answers ``(False, None)``
+live in the sidecar (``gateway.client`` talks to it: ``target=``, else
+``GATEWAY_TARGET_<GAME>``, else ``GATEWAY_TARGET``, else ``127.0.0.1:50051``).
+
+The system does its work on an event loop of its own, in a thread of its own, so it may
+be called from any loop and any thread: ``asyncio.run(system.initialize())`` once, then
+``asyncio.run(system.detect(...))`` per round from a worker thread, as the predecessor's
+production programs do. One deliberate difference: ``detect`` answers ``(False, None)``
 when there is no real result (timeout, IDP error, no broker), where the predecessor
 answered ``(True, <made-up default>)``. ``docs/migration.md`` has every call side by side.
 """
@@ -21,11 +28,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import socket
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiomqtt
 
@@ -34,53 +43,44 @@ from gateway.client import (
     GatewayError,
     GatewayUnavailable,
     InvalidRound,
-    NotReady,
     RetryPolicy,
 )
-from gateway.legacy import (
+from gateway.compat.config import Environment, GameType, MQTTConfig, differences, get_config
+from gateway.compat.handlers import MessageHandler, MessageHandlers
+from gateway.compat.legacy import (
     PROTO_TO_GAME,
-    Environment,
-    GameType,
     LegacyResult,
     connection_stats,
     describe_failure,
     health_report,
     legacy_result,
-    parse_payload,
-    topic_matches,
 )
-from gateway.message_handlers import MessageHandler, MessageHandlers
+from gateway.loopthread import LoopClosed, LoopThread
 from gateway.v1 import gateway_pb2 as pb
 
-__all__ = [
-    "CompleteMQTTSystem",
-    "Environment",
-    "GameType",
-    "LegacyResult",
-    "MessageHandler",
-    "NotReady",
-    "WrongSidecar",
-    "connection_stats",
-    "create_complete_baccarat_system",
-    "create_complete_roulette_system",
-    "create_complete_sicbo_system",
-    "health_report",
-    "legacy_result",
-    "parse_payload",
-    "test_broker_connection",
-    "topic_matches",
-]
-
-log = logging.getLogger(__name__)
+log = logging.getLogger("gateway.compat")
+T = TypeVar("T")
 
 DEFAULT_TARGET: Final = "127.0.0.1:50051"
 TARGET_ENV: Final = "GATEWAY_TARGET"
 RPC_DEADLINE_S: Final = 3.0  # Health, GetStats: local calls, answered in milliseconds
 SETTLE_S: Final = 5.0  # how long initialize() waits for the handlers' subscription
+NOT_INITIALIZED: Final = "not initialized: call initialize() first"
 
 
 class WrongSidecar(RuntimeError):
     """The sidecar at the target serves another game than the system was created for."""
+
+
+def sidecar_target(game: GameType, target: str | None = None) -> str:
+    """Where a game's sidecar is: ``target``, ``GATEWAY_TARGET_<GAME>`` (one sidecar per
+    game in a process that runs several), ``GATEWAY_TARGET``, or ``127.0.0.1:50051``."""
+    return (
+        target
+        or os.environ.get(f"{TARGET_ENV}_{game.value.upper()}")
+        or os.environ.get(TARGET_ENV)
+        or DEFAULT_TARGET
+    )
 
 
 # --- the facade ----------------------------------------------------------------------
@@ -89,18 +89,19 @@ class WrongSidecar(RuntimeError):
 class CompleteMQTTSystem:
     """The predecessor's system for one table, backed by that table's sidecar.
 
-    The first six arguments are the predecessor's; those that configured brokers or
-    connections are accepted and ignored (the sidecar's configuration, rendered from the
-    GameTable, owns them). ``target`` is the sidecar (``GATEWAY_TARGET``, else
-    ``127.0.0.1:50051``); ``detect_timeout_s`` bounds a detect (None: the table's
-    ``timeout_s`` on the sidecar); ``stats_interval_s`` is how often the numbers behind
-    ``get_connection_stats`` are refreshed.
+    The first six arguments are the predecessor's; ``config_dir`` is where ``config``
+    (``MQTTConfig``: brokers, topics, timeout, client id) is first read from, as the
+    predecessor did. Those settings belong to the sidecar now: assign them as before, and
+    ``initialize`` warns once naming each one the sidecar serves differently. ``target``
+    is the sidecar (see ``sidecar_target``); ``detect_timeout_s`` bounds a detect (None:
+    the table's ``timeout_s`` on the sidecar); ``stats_interval_s`` is how often the
+    numbers behind ``get_connection_stats`` are refreshed.
     """
 
     def __init__(
         self,
-        game_type: GameType | str,
-        environment: Environment | str = Environment.DEVELOPMENT,
+        game_type: GameType | str | Any,
+        environment: Environment | str | Any = Environment.DEVELOPMENT,
         config_dir: str = "conf",
         max_connections: int = 5,
         enable_connection_pooling: bool = True,
@@ -114,7 +115,14 @@ class CompleteMQTTSystem:
     ) -> None:
         self.game_type = GameType(game_type)
         self.environment = Environment(environment)
-        self.target = target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+        self.target = sidecar_target(self.game_type, target)
+        self.config_dir = config_dir
+        self.max_connections = max_connections
+        self.enable_connection_pooling = enable_connection_pooling
+        self.enable_message_processing = enable_message_processing
+        self.logger = logging.getLogger(f"gateway.compat.{self.game_type.value}")
+        self.config: MQTTConfig = get_config(self.game_type, self.environment, config_dir)
+        self._baseline = copy.deepcopy(self.config)  # what the program has not set itself
         self.ready_timeout_s = ready_timeout_s
         self.detect_timeout_s = detect_timeout_s
         self.stats_interval_s = stats_interval_s
@@ -124,23 +132,16 @@ class CompleteMQTTSystem:
         self.table_code = ""
         # Why the last detect returned (False, None); None after a success.
         self.last_detect_error: GatewayError | None = None
-        log.debug(
-            "%s system for sidecar %s; ignored (brokers and connections are the sidecar's): "
-            "environment=%s config_dir=%r max_connections=%d connection_pooling=%s "
-            "message_processing=%s",
-            self.game_type.value,
-            self.target,
-            self.environment.value,
-            config_dir,
-            max_connections,
-            enable_connection_pooling,
-            enable_message_processing,
-        )
+        # What initialize() found the program's settings to differ in (also logged once).
+        self.config_differences: list[str] = []
+        self._health: pb.HealthResponse | None = None
+        self._thread: LoopThread | None = None
         self._client: GatewayClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._messages = MessageHandlers(self.target)
         self._stats: pb.StatsResponse | None = None
-        self._stats_error = "not initialized: call initialize() first"
+        self._stats_error = NOT_INITIALIZED
+        self._ignored: set[str] = set()
 
     async def __aenter__(self) -> CompleteMQTTSystem:
         await self.initialize()
@@ -154,6 +155,14 @@ class CompleteMQTTSystem:
     ) -> None:
         await self.cleanup()
 
+    async def _on_own_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the system's own loop, whatever loop or thread calls."""
+        thread = self._thread
+        if thread is None or thread.closed:
+            coro.close()
+            raise LoopClosed(NOT_INITIALIZED)
+        return await thread.call(coro)
+
     # --- lifecycle -------------------------------------------------------------------
 
     async def initialize(self) -> bool:
@@ -164,6 +173,21 @@ class CompleteMQTTSystem:
         the sidecar is not ready in time, ``WrongSidecar`` when it serves another game:
         as the predecessor raised when it could not connect.
         """
+        if self._thread is None or self._thread.closed:
+            self._thread = LoopThread(f"compat {self.game_type.value} {self.target}")
+        try:
+            return await self._on_own_loop(self._initialize())
+        except BaseException:
+            if self._client is None:  # nothing started: do not leave the thread behind
+                await asyncio.to_thread(self._stop_thread)
+            raise
+
+    def _stop_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.close()
+
+    async def _initialize(self) -> bool:
         if self._client is not None:
             return True
         client = GatewayClient(self.target, default_deadline_s=RPC_DEADLINE_S, retry=self.retry)
@@ -181,13 +205,14 @@ class CompleteMQTTSystem:
                 log.error("initialize %s: %s", self.game_type.value, exc)
             await client.close()
             raise
-        self._client, self.table_code = client, health.table_code
+        self._client, self.table_code, self._health = client, health.table_code, health
+        self._compare(health)
         self._messages.start(health.table_code)
         self._tasks = [
             asyncio.create_task(self._run_stats(), name=f"compat-stats {self.target}"),
             asyncio.create_task(self._messages.run(client), name=f"compat-subscribe {self.target}"),
         ]
-        await self.refresh_connection_stats()
+        await self._refresh_stats()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(SETTLE_S):
                 await self._messages.settled.wait()
@@ -201,8 +226,30 @@ class CompleteMQTTSystem:
         )
         return True
 
+    def _compare(self, health: pb.HealthResponse) -> None:
+        """Warn once about each of the program's settings the sidecar serves differently."""
+        found = differences(self.config, health, self._baseline)
+        fresh = [d for d in found if d not in self.config_differences]
+        self.config_differences = found
+        if fresh:
+            log.warning(
+                "%s system: these settings are the sidecar's at %s and differ from what the "
+                "program set (the sidecar's apply; change them in its configuration): %s",
+                self.game_type.value, self.target, "; ".join(fresh),
+            )  # fmt: skip
+
     async def cleanup(self) -> None:
-        """Stop the handlers and the statistics and close the connection; idempotent."""
+        """Stop the handlers and the statistics and close the connection; idempotent, from
+        any loop or thread."""
+        if self._thread is not None and not self._thread.closed:
+            with contextlib.suppress(LoopClosed):
+                await self._on_own_loop(self._cleanup())
+            await asyncio.to_thread(self._stop_thread)
+        self.is_initialized = self.is_running = False
+        self._messages.stop()
+        self._stats_error = "not running: cleanup() was called"
+
+    async def _cleanup(self) -> None:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -211,9 +258,6 @@ class CompleteMQTTSystem:
         if client is not None:
             await client.close()
             log.info("%s system for sidecar %s cleaned up", self.game_type.value, self.target)
-        self.is_initialized = self.is_running = False
-        self._messages.stop()
-        self._stats_error = "not running: cleanup() was called"
 
     # --- rounds ----------------------------------------------------------------------
 
@@ -225,21 +269,21 @@ class CompleteMQTTSystem:
         *,
         input: str | None = None,  # the predecessor's Baccarat spelling
         output: str | None = None,
+        **ignored: Any,
     ) -> tuple[bool, LegacyResult | None]:
         """``(True, result)`` with the IDP's result for exactly this round, else
-        ``(False, None)`` and a log line saying why (never a made-up default).
+        ``(False, None)`` and a log line saying why (never a made-up default). Never raises.
 
         Stream URLs default to the table's configured ones; ``input``/``output`` are
-        accepted as the predecessor's other spelling. WARNING: timeout, IDP error (e.g.
-        -3 NO_SHAKE: re-shake), no broker, superseded by a newer round. ERROR: a call that
-        can never succeed (bad round id or URL, not initialized). ``last_detect_error``
-        keeps the exception.
+        accepted as the predecessor's other spelling, any other keyword is ignored (DEBUG,
+        once per name). WARNING: timeout, IDP error (e.g. -3 NO_SHAKE: re-shake), no
+        broker, superseded by a newer round. ERROR: a call that can never succeed (bad
+        round id or URL, not initialized). ``last_detect_error`` keeps the exception.
         """
         self.last_detect_error = None
-        client = self._client
-        if client is None:
-            log.error("detect round=%r: not initialized: call initialize() first", round_id)
-            return False, None
+        for name in sorted(set(ignored) - self._ignored):
+            self._ignored.add(name)
+            log.debug("detect: keyword %r is ignored (the sidecar has no such setting)", name)
         streams = []
         for old, new in ((input_stream, input), (output_stream, output)):
             if old and new and old != new:
@@ -247,19 +291,32 @@ class CompleteMQTTSystem:
                 return False, None
             streams.append(old or new or "")
         try:
+            return await self._on_own_loop(self._detect(round_id, streams[0], streams[1]))
+        except LoopClosed:
+            log.error("detect round=%r: %s", round_id, NOT_INITIALIZED)
+            return False, None
+        except Exception:  # the predecessor never raised from detect; say why, loudly
+            log.exception("detect round=%r failed unexpectedly", round_id)
+            return False, None
+
+    async def _detect(
+        self, round_id: str, input_url: str, output_url: str
+    ) -> tuple[bool, LegacyResult | None]:
+        client = self._client
+        if client is None:
+            log.error("detect round=%r: %s", round_id, NOT_INITIALIZED)
+            return False, None
+        try:
             d = await client.detect(
                 round_id,
-                input_url=streams[0],
-                output_url=streams[1],
+                input_url=input_url,
+                output_url=output_url,
                 deadline_s=self.detect_timeout_s,
             )
         except GatewayError as exc:
             self.last_detect_error = exc
             level = logging.ERROR if isinstance(exc, InvalidRound) else logging.WARNING
             log.log(level, "detect round=%r: no result, %s", round_id, describe_failure(exc))
-            return False, None
-        except Exception:  # the predecessor never raised from detect; say why, loudly
-            log.exception("detect round=%r failed unexpectedly", round_id)
             return False, None
         result = legacy_result(d.result)
         log.info(
@@ -270,6 +327,13 @@ class CompleteMQTTSystem:
             d.elapsed_ms,
         )
         return True, result
+
+    async def send_timeout_command(self) -> bool:
+        """The predecessor's explicit stop of the IDP after a result: True. The sidecar
+        already sent ``timeout`` when the round ended, so nothing more is published (a
+        second one could stop the next round's detection)."""
+        log.debug("send_timeout_command: the sidecar stopped the IDP when the round ended")
+        return True
 
     async def shake(
         self,
@@ -282,19 +346,26 @@ class CompleteMQTTSystem:
     ) -> tuple[bool, list[str]]:
         """Shake the SicBo dice: ``(True, states)`` once the shaker is idle again (e.g.
         ``["S2", "S1", "S0"]``), else ``(False, [])`` and a WARNING saying why."""
+        params = {
+            "duration_s": duration_s,
+            "amplitude": amplitude,
+            "pattern": pattern,
+            "parameter1": parameter1,
+            "parameter2": parameter2,
+        }
+        try:
+            return await self._on_own_loop(self._shake(params))
+        except LoopClosed:
+            log.error("shake: %s", NOT_INITIALIZED)
+            return False, []
+
+    async def _shake(self, params: dict[str, Any]) -> tuple[bool, list[str]]:
         client = self._client
         if client is None:
-            log.error("shake: not initialized: call initialize() first")
+            log.error("shake: %s", NOT_INITIALIZED)
             return False, []
         try:
-            shook = await client.shake(
-                duration_s=duration_s,
-                amplitude=amplitude,
-                pattern=pattern,
-                parameter1=parameter1,
-                parameter2=parameter2,
-                deadline_s=None,
-            )
+            shook = await client.shake(**params, deadline_s=None)
         except GatewayError as exc:
             log.warning("shake: not done, %s", describe_failure(exc))
             return False, []
@@ -304,14 +375,19 @@ class CompleteMQTTSystem:
 
     def add_message_handler(self, topic: str, handler: MessageHandler) -> None:
         """Call ``handler(topic, payload, data)`` for each message on ``topic`` (``+``/``#``
-        filters allowed), plain or ``async``, one message at a time in arrival order.
+        filters allowed), plain or ``async``, one message at a time in arrival order, on
+        the event loop running where it was added (while that loop runs).
 
         Only the topics the sidecar carries for the table (the shaker's ``says`` topic and
         its ``subscribe_topics``) can be handled; a topic matching none of them is logged
         at ERROR with the list of those carried. A handler that raises is logged; the
         others and the stream go on.
         """
-        self._messages.add(topic, handler)
+        try:
+            home: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            home = None
+        self._messages.add(topic, handler, home)
 
     def remove_message_handler(self, topic: str) -> None:
         """Forget every handler registered for ``topic``."""
@@ -332,36 +408,54 @@ class CompleteMQTTSystem:
 
     async def refresh_connection_stats(self) -> dict[str, Any]:
         """Ask the sidecar now and return the fresh ``get_connection_stats()``."""
+        with contextlib.suppress(LoopClosed):
+            await self._on_own_loop(self._refresh_stats())
+        return self.get_connection_stats()
+
+    async def _refresh_stats(self) -> None:
         client = self._client
         if client is not None:
             try:
                 self._stats, self._stats_error = await client.stats(), ""
             except GatewayError as exc:
                 self._stats_error = f"sidecar at {self.target} did not answer: {exc}"
-        return self.get_connection_stats()
 
     async def _run_stats(self) -> None:
         while True:
             await asyncio.sleep(self.stats_interval_s)
-            await self.refresh_connection_stats()
+            await self._refresh_stats()
 
     async def check_health(self) -> dict[str, Any]:
         """``status`` ("healthy", "degraded", "unhealthy") and ``issues`` from the
         sidecar's Health, plus its brokers; an unreachable sidecar is "unhealthy"."""
+        try:
+            return await self._on_own_loop(self._check_health())
+        except LoopClosed:
+            return health_report(
+                None, target=self.target, game=self.game_type, error=NOT_INITIALIZED
+            )
+
+    async def _check_health(self) -> dict[str, Any]:
         client = self._client
         if client is None:
-            error = "not initialized: call initialize() first"
-            return health_report(None, target=self.target, game=self.game_type, error=error)
+            return health_report(
+                None, target=self.target, game=self.game_type, error=NOT_INITIALIZED
+            )
         try:
             health = await client.health()
         except GatewayError as exc:
             what = "unreachable" if isinstance(exc, GatewayUnavailable) else "did not answer"
             error = f"sidecar at {self.target} {what}: {exc.code().name}: {exc.details()}"
             return health_report(None, target=self.target, game=self.game_type, error=error)
+        self._health = health
         return health_report(health, target=self.target, game=self.game_type)
 
     def get_system_status(self) -> dict[str, Any]:
-        """What this system is and where it stands, synchronously (as the predecessor had)."""
+        """What this system is and where it stands, synchronously, with the keys the
+        predecessor's callers read (``config_info``, ``connection_manager``,
+        ``message_processor``, ``primary_client``)."""
+        stats = self.get_connection_stats()
+        health, g = self._health, self.config.game_config
         return {
             "game_type": self.game_type.value,
             "environment": self.environment.value,
@@ -369,9 +463,34 @@ class CompleteMQTTSystem:
             "is_running": self.is_running,
             "sidecar": self.target,
             "table_code": self.table_code,
+            "config_info": {
+                "client_id": health.instance_id if health else self.config.client_id,
+                "game_code": self.table_code or g.game_code,
+                "command_topic": health.command_topic if health else g.command_topic,
+                "response_topic": health.response_topic if health else g.response_topic,
+                "source": f"sidecar {self.target}" if health else self.config.source,
+            },
+            "connection_manager": {
+                "enabled": self.enable_connection_pooling,
+                "kind": "sidecar",
+                "total_connections": stats["total_connections"],
+                "active_connections": stats["active_connections"],
+                "failed_connections": stats["failed_connections"],
+            },
+            "message_processor": {
+                "enabled": self.enable_message_processing,
+                "handlers": len(self._messages.handlers),
+                "subscribed_topics": sorted(self._messages.subscribed),
+            },
+            "primary_client": {
+                "connected": stats["sidecar_reachable"] and stats["active_connections"] > 0,
+                "broker": stats["active_broker"],
+                "sidecar": self.target,
+            },
             "subscribed_topics": sorted(self._messages.subscribed),
             "message_handlers": len(self._messages.handlers),
-            "connection_stats": self.get_connection_stats(),
+            "connection_stats": stats,
+            "config_differences": list(self.config_differences),
         }
 
     async def test_broker_connection(self, host: str, port: int, **kwargs: Any) -> bool:

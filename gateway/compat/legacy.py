@@ -1,7 +1,7 @@
 """The predecessor's shapes, mapped from the sidecar's answers: pure functions, no I/O.
 
 Results as it returned them (SicBo ``[4, 2, 6]``, Roulette ``35``, Baccarat six cards),
-its game and environment enums, its connection statistics and health report. Used by
+its connection statistics and health report. Used by
 ``gateway.compat``.
 """
 
@@ -9,31 +9,15 @@ from __future__ import annotations
 
 import json
 import time
-from enum import StrEnum
 from typing import Any, Final
 
 from gateway.client import GatewayError, IdpError, Result, RouletteNumber, ShakeFailed, SicBoDice
+from gateway.compat.config import GameType
 from gateway.v1 import gateway_pb2 as pb
 
 LegacyResult = list[int] | int | list[str]
 """A result as the predecessor returned it: SicBo ``[d1, d2, d3]``, Roulette ``n``,
 Baccarat six cards ``[p1, b1, p2, b2, p3, b3]`` (``""`` for a card not dealt)."""
-
-
-class GameType(StrEnum):
-    """The studio's games, spelled as in the predecessor's configuration."""
-
-    SICBO = "sicbo"
-    BACCARAT = "baccarat"
-    ROULETTE = "roulette"
-
-
-class Environment(StrEnum):
-    """Accepted for compatibility; the sidecar's configuration decides what is reached."""
-
-    DEVELOPMENT = "development"
-    STAGING = "staging"
-    PRODUCTION = "production"
 
 
 GAME_TO_PROTO: Final = {
