@@ -410,6 +410,20 @@ class IdpSimulator:
             ) from None
         return matching()[count - 1]
 
+    async def wait_for_final(self, round_id: str, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Wait until a final frame for ``round_id`` is in ``sent``.
+
+        A frame is recorded once its broker acknowledged it, which can be after the
+        sidecar already answered with it.
+        """
+        try:
+            async with asyncio.timeout(timeout), self._changed:
+                await self._changed.wait_for(
+                    lambda: any(f.round_id == round_id and f.final for f in self.sent)
+                )
+        except TimeoutError:
+            raise TimeoutError(f"no final frame for {round_id} within {timeout}s") from None
+
     async def wait_connected(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Wait until every broker is connected and subscribed (SUBACK received)."""
         try:

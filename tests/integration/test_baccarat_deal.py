@@ -19,8 +19,9 @@ def hand(cards: list[str]) -> BaccaratHand:
     return BaccaratHand((c[0], c[1], c[2], c[3], c[4], c[5]))
 
 
-def sent_for(s: Stack, round_id: str) -> list[tuple[object, bool]]:
+async def sent_for(s: Stack, round_id: str) -> list[tuple[object, bool]]:
     """(res, final) of every frame the simulated IDP published for ``round_id``."""
+    await s.sim.wait_for_final(round_id)
     return [(f.res, f.final) for f in s.sim.sent if f.round_id == round_id]
 
 
@@ -53,7 +54,7 @@ async def test_a_dealt_hand_is_answered_only_when_final(
         assert d.frames_seen == len(stages) + 1
         c = (await s.client.health()).counters
         assert (c.not_yet_frames, c.invalid_frames, c.detects_ok) == (len(stages), 0, 1)
-        sent = sent_for(s, "BAC-001-deal-1")
+        sent = await sent_for(s, "BAC-001-deal-1")
         assert sent[: len(stages) + 1] == [*((st, False) for st in stages), (final, True)]
 
 
@@ -70,7 +71,7 @@ async def test_the_simulated_idp_deals_its_own_hands_by_the_tableau(
         s.behave(delay_s=0.2)
         d = await s.client.detect(round_id, deadline_s=5)
         assert d.result == expected("baccarat", round_id)
-        dealing = [res for res, final in sent_for(s, round_id) if not final]
+        dealing = [res for res, final in await sent_for(s, round_id) if not final]
         assert len(dealing) >= 2
         assert (await s.client.health()).counters.not_yet_frames == len(dealing)
 
