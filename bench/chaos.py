@@ -39,8 +39,8 @@ from chaos_monitor import Monitor
 from chaos_payloads import KINDS, check_skip
 from chaos_stack import DEADLINE_S, TABLES, Studio, play
 
-from gateway.sandbox import SandboxError
-from gateway.sim import Behaviour
+from gateway.devtools.sandbox import SandboxError
+from gateway.devtools.sim import Behaviour
 
 WARMUP_S = 4.0
 FAULT_BUDGET_S = 4.3  # a fault's typical hold + settle: shorter runs shrink the holds

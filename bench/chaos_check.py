@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.devtools.sim import derive_result
 from gateway.protocol import BaccaratHand, Result, RouletteNumber, SicBoDice
-from gateway.sim import derive_result
 
 LEAD_S = 1.0  # a round's window starts this long before the round (links settling)
 AGREE_S = 1.0  # the big group agrees on one active broker within this after a heal

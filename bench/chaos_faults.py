@@ -39,7 +39,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.sandbox import HOST
+from gateway.devtools.sandbox import HOST
 
 STALL_MIN_S = 3.5  # a QoS 1 stall lasts at least this (the soak's Detect deadline is 3 s)
 OVERTIME_S = 60.0  # past the end, keep going at most this long to inject every kind

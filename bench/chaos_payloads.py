@@ -8,7 +8,7 @@ import time
 import uuid
 from typing import Any
 
-from gateway.sim import derive_result
+from gateway.devtools.sim import derive_result
 
 PREFIX = "studio-gateway"
 INJECTOR = "chaos-injector"  # the "by" of records written here; never a sidecar's

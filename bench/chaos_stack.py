@@ -26,9 +26,9 @@ from chaos_check import Death, Interval, RoundRecord, Timeline
 
 from gateway.client import GatewayClient
 from gateway.client import result_from_proto as typed
-from gateway.faultproxy import MqttFaultProxy
-from gateway.sandbox import HOST, MosquittoProcess, RedisProcess, free_port
-from gateway.sim import Behaviour, IdpSimulator, SimBroker, SimTable
+from gateway.devtools.faultproxy import MqttFaultProxy
+from gateway.devtools.sandbox import HOST, MosquittoProcess, RedisProcess, free_port
+from gateway.devtools.sim import Behaviour, IdpSimulator, SimBroker, SimTable
 
 INPUT = "rtmp://192.0.2.50:1935/live/r10_sr"
 OUTPUT = "https://example.invalid/live/r456_dice.flv"

@@ -58,9 +58,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from gateway.client import GatewayClient
 from gateway.config import default_topics
+from gateway.devtools.sandbox import HOST, MosquittoProcess, free_port
+from gateway.devtools.sim import Behaviour, IdpSimulator, SimBroker, SimTable, derive_result
 from gateway.protocol import RouletteNumber
-from gateway.sandbox import HOST, MosquittoProcess, free_port
-from gateway.sim import Behaviour, IdpSimulator, SimBroker, SimTable, derive_result
 
 Round = Callable[[str], Awaitable[float]]  # runs one round, returns its latency in seconds
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]

@@ -1,7 +1,7 @@
 """The shared election's two costs: how fast a fleet follows a new record, and idle Redis load.
 
 A broker group's sidecars agree on the active broker through one Redis record
-(``gateway.shared_record``). Two numbers decide whether that scales to a studio floor:
+(``gateway.sidecar.shared_election``). Two numbers decide whether that scales to a studio floor:
 
 * switch latency: the time from a new epoch written (the same Lua CAS the electors use, t0 just
   before the call) until every one of ``--clients`` electors has adopted it (its listener fired),
@@ -13,8 +13,8 @@ A broker group's sidecars agree on the active broker through one Redis record
   commands a Lua script runs as well as the EVALSHA itself. Target <= 5.
 
 One private ``redis-server``; every sidecar is a ``SharedElector`` with its own
-``gateway.store.connect`` client and a ``StatsWriter``, fed a synthetic view (b1 and b2 READY),
-default Redis timers, all in this process: the latency includes N clients' Python work done
+``gateway.fleet.store.connect`` client and a ``StatsWriter``, fed a synthetic view (b1 and b2
+READY), default Redis timers, all in this process: the latency includes N clients' Python work done
 serially on one event loop (a real fleet has a process each). Both links claim one earlier
 failure: with ``failures=0`` the effective hold-down is 0 whatever ``holddown_s`` says, and the
 electors would fail back to b1 within a refresh of every switch to b2. Exit 0 if all targets met.
@@ -39,13 +39,14 @@ from benchlib import machine, run_bounded  # bench/ is on sys.path when run as a
 from redis.exceptions import RedisError
 
 from gateway.config import GatewayConfig, parse_config
-from gateway.detect import Counters
-from gateway.election import Decision, LinkState, LinkStatus
-from gateway.sandbox import RedisProcess, SandboxError
-from gateway.shared_record import SharedElector
-from gateway.shared_state import Record, compare_and_set, record_sha
-from gateway.stats import SidecarStats, StatsWriter, take_snapshot
-from gateway.store import RECORD_FIELD, connect
+from gateway.devtools.sandbox import RedisProcess, SandboxError
+from gateway.fleet.records import Record, compare_and_set, record_sha
+from gateway.fleet.stats import SidecarStats
+from gateway.fleet.store import RECORD_FIELD, connect
+from gateway.sidecar.election import Decision, LinkState, LinkStatus
+from gateway.sidecar.rounds import Counters
+from gateway.sidecar.shared_election import SharedElector
+from gateway.sidecar.stats import StatsWriter, take_snapshot
 
 TARGETS = {"p99_ms": 100.0, "commands_per_s": 5.0}
 OP_S = 5.0  # bound on convergence and on every single switch

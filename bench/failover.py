@@ -44,10 +44,10 @@ from benchlib import machine, run_bounded  # bench/ is on sys.path when run as a
 
 from gateway.client import GatewayClient
 from gateway.config import LinkTimings, default_topics
-from gateway.faultproxy import MqttFaultProxy
+from gateway.devtools.faultproxy import MqttFaultProxy
+from gateway.devtools.sandbox import HOST, MosquittoProcess
+from gateway.devtools.sim import Behaviour, IdpSimulator, SimBroker, SimTable, derive_result
 from gateway.protocol import RouletteNumber
-from gateway.sandbox import HOST, MosquittoProcess
-from gateway.sim import Behaviour, IdpSimulator, SimBroker, SimTable, derive_result
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
 

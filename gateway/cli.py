@@ -8,18 +8,21 @@ import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
-from gateway import sim as simulator
-from gateway.app import DEFAULT_LISTEN, serve
+from gateway import describe
 from gateway.client import GatewayClient
-from gateway.client_errors import metadata_pairs
+from gateway.client.errors import metadata_pairs
 from gateway.config import GatewayConfig, load_config
+from gateway.devtools import sim as simulator
 from gateway.errors import ConfigError
-from gateway.telemetry import configure_logging, configure_telemetry, grpc_server_interceptors
+from gateway.sidecar.app import DEFAULT_LISTEN, serve
+from gateway.sidecar.telemetry import (
+    configure_logging,
+    configure_telemetry,
+    grpc_server_interceptors,
+)
 from gateway.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("gateway")
@@ -132,7 +135,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await _shake(args)
     if args.command == "sim":
         return await _sim(args)
-    from gateway.demo import run_demo
+    from gateway.devtools.demo import run_demo
 
     return await run_demo(first_port=args.port, once=args.once)
 
@@ -154,26 +157,6 @@ def _rpc_error(exc: grpc.aio.AioRpcError) -> int:
     return 1
 
 
-def _json(message: Any) -> str:
-    """A response as JSON with every field, zeros included: roulette 0 is a result."""
-    return json_format.MessageToJson(message, always_print_fields_with_no_presence=True)
-
-
-def describe_response(r: pb.DetectResponse) -> str:
-    kind = r.WhichOneof("result")
-    if kind == "sicbo":
-        value = "dice " + " ".join(str(d) for d in r.sicbo.dice)
-    elif kind == "roulette":
-        value = f"number {r.roulette.number}"
-    else:
-        value = "cards " + " ".join(c or "--" for c in r.baccarat.cards)
-    return (
-        f"{r.table_code} round {r.round_id}: {value}  "
-        f"(via {r.broker_id}, epoch {r.epoch}, {r.elapsed_ms:.1f} ms, "
-        f"{r.frames_seen} frame(s), {r.publishes} publish(es))"
-    )
-
-
 async def _detect(args: argparse.Namespace) -> int:
     async with GatewayClient(args.target) as client:
         try:
@@ -185,7 +168,7 @@ async def _detect(args: argparse.Namespace) -> int:
             )
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
-    print(_json(r) if args.json else describe_response(r))
+    print(describe.as_json(r) if args.json else describe.response(r))
     return 0
 
 
@@ -209,109 +192,19 @@ async def _health(args: argparse.Namespace) -> int:
         except grpc.aio.AioRpcError as exc:
             return _rpc_error(exc)
     if args.json:
-        print(_json(h))
+        print(describe.as_json(h))
         if stats is not None:
-            print(_json(stats))
+            print(describe.as_json(stats))
     else:
-        print(describe_health(h))
+        print(describe.health(h))
         if stats is not None:
-            print(describe_fleet(stats))
+            print(describe.fleet(stats))
     return 0 if h.status in (pb.HealthResponse.SERVING, pb.HealthResponse.DEGRADED) else 3
-
-
-def describe_fleet(s: pb.StatsResponse) -> str:
-    if s.fleet_error:
-        return f"fleet of {s.broker_group}: {s.fleet_error}"
-    t = s.totals
-    lines = [
-        f"fleet of {s.broker_group}: {t.sidecars} sidecar(s); connections total "
-        f"{t.total_connections}, active {t.active_connections}, failed {t.failed_connections}; "
-        f"detects ok {t.detects_ok}, timed out {t.detects_timed_out}, failed {t.detects_failed}"
-    ]
-    for side in s.fleet:
-        up = sum(1 for b in side.brokers if b.connected)
-        lines.append(
-            f"  {side.instance_id:<24} {side.table_code:<10} active {side.active_broker_id or '-'}"
-            f" epoch {side.epoch}  brokers up {up}/{len(side.brokers)}"
-            f"  detects ok {side.counters.detects_ok}"
-        )
-    return "\n".join(lines)
-
-
-def describe_health(h: pb.HealthResponse) -> str:
-    status = pb.HealthResponse.Status.Name(h.status)
-    lines = [
-        f"{status}  table {h.table_code} ({pb.Game.Name(h.game)})  instance {h.instance_id}",
-        f"  active broker {h.active_broker_id or '-'}  epoch {h.epoch}: {h.reason}",
-    ]
-    for b in h.brokers:
-        state = pb.BrokerState.Name(b.state).removeprefix("BROKER_STATE_").lower()
-        mark = "*" if b.active else " "
-        lines.append(
-            f" {mark} {b.id:<24} prio {b.priority}  {state:<10} rtt {b.probe_rtt_ms:6.2f} ms"
-            f"  failures {b.failures}" + (f"  last error: {b.last_error}" if b.last_error else "")
-        )
-    if h.election != "not configured":
-        lines.append(
-            f"  election ({h.broker_group}): {h.election}; {h.live_reporters} live sidecar(s)"
-        )
-    c = h.counters
-    lines.append(
-        f"  detects ok {c.detects_ok}, timed out {c.detects_timed_out}, failed "
-        f"{c.detects_failed}; frames stale {c.stale_frames}, invalid {c.invalid_frames}, "
-        f"not-yet {c.not_yet_frames}, duplicate {c.duplicate_frames}"
-    )
-    if h.dropped_inputs:
-        dropped = ", ".join(f"{k} {v}" for k, v in sorted(h.dropped_inputs.items()))
-        lines.append(f"  dropped inputs: {dropped}")
-    for loop in h.loops:
-        if loop.restarts:
-            lines.append(f"  loop {loop.name} restarted {loop.restarts}x: {loop.last_error}")
-    if h.config_error:
-        lines.append(f"  config: {h.config_error}")
-    return "\n".join(lines)
-
-
-def sim_devices(
-    configs: Sequence[GatewayConfig],
-) -> tuple[list[simulator.SimBroker], list[simulator.SimTable]]:
-    """The simulator's view of some table configs: every broker once, every table."""
-    brokers: dict[str, simulator.SimBroker] = {}
-    tables = []
-    for config in configs:
-        for b in config.brokers:
-            tls = b.tls
-            brokers.setdefault(
-                b.id,
-                simulator.SimBroker(
-                    host=b.host,
-                    port=b.port,
-                    username=b.username,
-                    password=b.password,
-                    ca_file=tls.ca_file if tls else None,
-                    client_cert=tls.cert_file if tls else None,
-                    client_key=tls.key_file if tls else None,
-                    server_name=tls.server_name if tls else None,
-                    id=b.id,
-                ),
-            )
-        t = config.table
-        tables.append(
-            simulator.SimTable(
-                game=t.game.value,
-                table_code=t.code,
-                command_topic=t.command_topic,
-                response_topic=t.response_topic,
-                shaker_listens=t.shaker_listens,
-                shaker_says=t.shaker_says,
-            )
-        )
-    return list(brokers.values()), tables
 
 
 async def _sim(args: argparse.Namespace) -> int:
     configs = [load_config(path) for path in args.config]
-    brokers, tables = sim_devices(configs)
+    brokers, tables = simulator.sim_devices(configs)
     sim = simulator.IdpSimulator(
         brokers,
         tables,

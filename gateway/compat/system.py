@@ -45,6 +45,7 @@ from gateway.client import (
     InvalidRound,
     RetryPolicy,
 )
+from gateway.client.loopthread import LoopClosed, LoopThread
 from gateway.compat.config import Environment, GameType, MQTTConfig, differences, get_config
 from gateway.compat.handlers import MessageHandler, MessageHandlers
 from gateway.compat.legacy import (
@@ -55,7 +56,6 @@ from gateway.compat.legacy import (
     health_report,
     legacy_result,
 )
-from gateway.loopthread import LoopClosed, LoopThread
 from gateway.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("gateway.compat")

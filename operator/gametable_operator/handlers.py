@@ -27,7 +27,7 @@ from gametable_operator.render import (
     render_configmap,
 )
 from gateway.config import ConfigError, RedisConfig
-from gateway.store import connect
+from gateway.fleet.store import connect
 
 GAMETABLES = (GROUP, VERSION, "gametables")
 OWNED_BY = f"{GROUP}/gametable"

@@ -1,7 +1,7 @@
 """A GameTable's status: what its sidecars report through Redis, turned into conditions.
 
-The sidecars' keys are read with the gateway's own readers (``gateway.stats.read_fleet``,
-``gateway.shared_state.read_group``), so the key layout is defined once; what does not
+The sidecars' keys are read with the gateway's own readers (``gateway.fleet.stats.read_fleet``,
+``gateway.fleet.records.read_group``), so the key layout is defined once; what does not
 parse there is skipped, never raised.
 """
 
@@ -17,10 +17,10 @@ from redis.exceptions import RedisError
 
 from gateway.config import RedisConfig
 from gateway.errors import Unavailable
-from gateway.shared_plan import lists_conflict
-from gateway.shared_state import read_group
-from gateway.stats import SidecarStats, read_fleet
-from gateway.store import Keys
+from gateway.fleet.membership import lists_conflict
+from gateway.fleet.records import read_group
+from gateway.fleet.stats import SidecarStats, read_fleet
+from gateway.fleet.store import Keys
 
 READY, RENDERED, DEGRADED = "Ready", "ConfigRendered", "Degraded"
 

@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.sandbox import MosquittoProcess
+from gateway.devtools.sandbox import MosquittoProcess
 
 
 @pytest.fixture

@@ -11,13 +11,12 @@ from typing import Any
 import aiomqtt
 import grpc
 
-from gateway.app import Sidecar
-from gateway.cli import sim_devices
 from gateway.client import GatewayClient
 from gateway.config import GatewayConfig, parse_config
+from gateway.devtools.sandbox import MosquittoProcess
+from gateway.devtools.sim import Behaviour, IdpSimulator, derive_result, sim_devices
 from gateway.protocol import BaccaratHand, Result, RouletteNumber, SicBoDice
-from gateway.sandbox import MosquittoProcess
-from gateway.sim import Behaviour, IdpSimulator, derive_result
+from gateway.sidecar.app import Sidecar
 
 # Short timers so fault tests run in seconds (production defaults are in LinkTimings).
 FAST_FAILOVER = {

@@ -14,12 +14,11 @@ from typing import Any
 
 import aiomqtt
 
-from gateway.cli import sim_devices
 from gateway.client import GatewayClient
 from gateway.config import GatewayConfig, dump_config
-from gateway.connection import NODELAY
-from gateway.sandbox import free_port
-from gateway.sim import Behaviour, IdpSimulator
+from gateway.devtools.sandbox import free_port
+from gateway.devtools.sim import Behaviour, IdpSimulator, sim_devices
+from gateway.sidecar.connection import NODELAY
 
 
 class SidecarProcess:

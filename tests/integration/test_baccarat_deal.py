@@ -7,9 +7,9 @@ from itertools import count
 import pytest
 
 from gateway.client import DetectTimeout
+from gateway.devtools.sandbox import MosquittoProcess
+from gateway.devtools.sim import derive_result
 from gateway.protocol import BaccaratHand
-from gateway.sandbox import MosquittoProcess
-from gateway.sim import derive_result
 from tests.integration.harness import Stack, expected
 
 

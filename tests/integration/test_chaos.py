@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from gateway.devtools.sim import derive_result
 from gateway.protocol import RouletteNumber
-from gateway.sim import derive_result
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 SEED = 11

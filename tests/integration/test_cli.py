@@ -13,8 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from gateway.devtools.sandbox import MosquittoProcess
 from gateway.protocol import RouletteNumber
-from gateway.sandbox import MosquittoProcess
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration.harness import Stack, expected, until, wait_health
 
@@ -217,7 +217,7 @@ async def test_serve_runs_the_predecessor_file_unchanged(
     }
     path = tmp_path / "aro.json"
     path.write_text(json.dumps(legacy))
-    from gateway.sandbox import free_port
+    from gateway.devtools.sandbox import free_port
 
     port = free_port()
     proc = await asyncio.create_subprocess_exec(

@@ -12,7 +12,6 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.app import Sidecar
 from gateway.client import (
     BaccaratHand,
     DetectTimeout,
@@ -26,7 +25,8 @@ from gateway.client import (
     SicBoDice,
     SyncGatewayClient,
 )
-from gateway.sandbox import MosquittoProcess
+from gateway.devtools.sandbox import MosquittoProcess
+from gateway.sidecar.app import Sidecar
 from gateway.v1 import gateway_pb2 as pb
 from tests.integration.harness import Stack, expected, make_config, wait_health
 

@@ -11,10 +11,10 @@ import aiomqtt
 import pytest
 
 from gateway import compat
-from gateway.app import Sidecar
 from gateway.client import DetectTimeout, IdpError, NotReady
 from gateway.compat import CompleteMQTTSystem, Environment, GameType, WrongSidecar, legacy_result
-from gateway.sandbox import MosquittoProcess, free_port
+from gateway.devtools.sandbox import MosquittoProcess, free_port
+from gateway.sidecar.app import Sidecar
 from tests.integration.harness import Stack, expected, make_config, until
 
 LISTENS, SAYS = "ikg/sicbo/Billy-III/listens", "ikg/sicbo/Billy-III/says"

@@ -8,9 +8,9 @@ import json
 import grpc
 import pytest
 
-from gateway.cli import metadata_pairs
+from gateway.client.errors import metadata_pairs
+from gateway.devtools.sandbox import MosquittoProcess
 from gateway.protocol import RouletteNumber
-from gateway.sandbox import MosquittoProcess
 from tests.integration.harness import INPUT, OUTPUT, Stack, expected
 
 

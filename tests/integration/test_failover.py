@@ -14,13 +14,12 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.app import Sidecar
-from gateway.cli import sim_devices
 from gateway.client import GatewayClient
 from gateway.config import parse_config
-from gateway.election import Decision
-from gateway.sandbox import MosquittoProcess, make_tls_material
-from gateway.sim import Behaviour, IdpSimulator
+from gateway.devtools.sandbox import MosquittoProcess, make_tls_material
+from gateway.devtools.sim import Behaviour, IdpSimulator, sim_devices
+from gateway.sidecar.app import Sidecar
+from gateway.sidecar.election import Decision
 from gateway.v1 import gateway_pb2 as pb
 from tests.integration.harness import (
     FAST_FAILOVER,

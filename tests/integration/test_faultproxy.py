@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import aiomqtt
 import pytest
 
-from gateway.faultproxy import PUBACK, MalformedStream, MqttFaultProxy, PacketSplitter
-from gateway.sandbox import MosquittoProcess
+from gateway.devtools.faultproxy import PUBACK, MalformedStream, MqttFaultProxy, PacketSplitter
+from gateway.devtools.sandbox import MosquittoProcess
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 WAIT_S = 3.0  # bound on anything that should happen

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from gateway.client import GatewayClient
-from gateway.connection import MAX_PACKET_BYTES
-from gateway.sandbox import MosquittoProcess
-from gateway.topics import MAX_LISTENERS, QUEUE_BYTES, TopicHub
+from gateway.devtools.sandbox import MosquittoProcess
+from gateway.sidecar.connection import MAX_PACKET_BYTES
+from gateway.sidecar.topics import MAX_LISTENERS, QUEUE_BYTES, TopicHub
 from tests.integration.harness import Stack, expected, make_config, until
 from tests.integration.processes import publish_raw, studio
 from tests.integration.v311_broker import V311OnlyBroker

@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.client import GatewayClient
-from gateway.sandbox import MosquittoProcess, free_port
+from gateway.devtools.sandbox import MosquittoProcess, free_port
 from tests.integration.harness import Stack, wait_health
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.compat import legacy_result
-from gateway.sandbox import MosquittoProcess
+from gateway.devtools.sandbox import MosquittoProcess
 from tests.integration.harness import expected, make_config
 from tests.integration.processes import studio
 

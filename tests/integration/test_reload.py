@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import dump_config, load_config
-from gateway.sandbox import MosquittoProcess
+from gateway.devtools.sandbox import MosquittoProcess
 from tests.integration.harness import Stack, make_config, until
 
 

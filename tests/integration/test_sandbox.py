@@ -1,4 +1,4 @@
-"""Integration tests of gateway.sandbox against real mosquitto and redis-server processes."""
+"""Integration tests of gateway.devtools.sandbox against real mosquitto and redis-server."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import AuthenticationError, ConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from gateway.sandbox import (
+from gateway.devtools.sandbox import (
     MosquittoProcess,
     RedisProcess,
     SandboxError,

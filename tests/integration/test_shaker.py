@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from gateway.client import InvalidRound, ShakeFailed
-from gateway.sandbox import MosquittoProcess
+from gateway.devtools.sandbox import MosquittoProcess
 from tests.integration.harness import Stack, until
 
 LISTENS, SAYS = "ikg/sicbo/Billy-III/listens", "ikg/sicbo/Billy-III/says"

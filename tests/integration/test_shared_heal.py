@@ -17,9 +17,9 @@ import pytest
 
 from gateway.client import GatewayClient
 from gateway.config import RedisConfig
-from gateway.sandbox import MosquittoProcess, RedisProcess
-from gateway.shared_state import Record
-from gateway.store import RECORD_FIELD, Keys, connect
+from gateway.devtools.sandbox import MosquittoProcess, RedisProcess
+from gateway.fleet.records import Record
+from gateway.fleet.store import RECORD_FIELD, Keys, connect
 from tests.integration.harness import FAST_REDIS, expected, make_config
 from tests.integration.processes import studio
 

@@ -10,13 +10,13 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.app import Sidecar
 from gateway.config import RedisConfig
-from gateway.election import Decision
-from gateway.sandbox import MosquittoProcess, RedisProcess
-from gateway.shared_state import Record, compare_and_set, record_sha
-from gateway.sim import Behaviour
-from gateway.store import RECORD_FIELD, Keys, connect
+from gateway.devtools.sandbox import MosquittoProcess, RedisProcess
+from gateway.devtools.sim import Behaviour
+from gateway.fleet.records import Record, compare_and_set, record_sha
+from gateway.fleet.store import RECORD_FIELD, Keys, connect
+from gateway.sidecar.app import Sidecar
+from gateway.sidecar.election import Decision
 from gateway.v1 import gateway_pb2 as pb
 from tests.integration.harness import FAST_REDIS, expected, fleet, until
 from tests.integration.proxy import TcpProxy

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from gateway.client import DetectTimeout, GatewayClient
-from gateway.faultproxy import MqttFaultProxy
-from gateway.sandbox import MosquittoProcess
+from gateway.devtools.faultproxy import MqttFaultProxy
+from gateway.devtools.sandbox import MosquittoProcess
 from tests.integration.harness import Stack, expected, make_config, until
 from tests.integration.processes import studio
 

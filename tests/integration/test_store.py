@@ -12,8 +12,8 @@ import pytest
 from redis.exceptions import AuthenticationError, ConnectionError
 
 from gateway.config import RedisConfig
-from gateway.sandbox import RedisProcess, free_port
-from gateway.store import connect
+from gateway.devtools.sandbox import RedisProcess, free_port
+from gateway.fleet.store import connect
 
 
 @contextlib.asynccontextmanager

@@ -17,7 +17,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.telemetry import SECONDS_BUCKETS, configure_telemetry
+from gateway.sidecar.telemetry import SECONDS_BUCKETS, configure_telemetry
 
 
 class TraceReceiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -136,7 +136,7 @@ async def test_prometheus_endpoint_serves_the_metrics() -> None:
     telemetry = configure_telemetry(env={}, metrics_listen="127.0.0.1:0", set_global=False)
     try:
         assert telemetry.metrics_port
-        meter = telemetry.meter_provider.get_meter("gateway.detect")
+        meter = telemetry.meter_provider.get_meter("gateway.sidecar.rounds")
         detects = meter.create_counter("gateway.detects", description="Detect calls")
         duration = meter.create_histogram("gateway.detect.duration", unit="s")
         detects.add(2, {"table": "SBO-001", "outcome": "ok"})

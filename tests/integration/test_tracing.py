@@ -12,8 +12,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from gateway.sandbox import MosquittoProcess
-from gateway.telemetry import grpc_server_interceptors
+from gateway.devtools.sandbox import MosquittoProcess
+from gateway.sidecar.telemetry import grpc_server_interceptors
 from tests.integration.harness import Stack, until
 
 _EXPORTER = InMemorySpanExporter()

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from gametable_operator.render import GROUP, VERSION
-from gateway.sandbox import free_port
+from gateway.devtools.sandbox import free_port
 
 GT_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/gametables"
 CM_PATH = "/api/v1/namespaces/{ns}/configmaps"

@@ -21,7 +21,7 @@ import pytest
 
 from gametable_operator.render import render_configmap
 from gateway.config import load_config
-from gateway.sandbox import MosquittoProcess, RedisProcess
+from gateway.devtools.sandbox import MosquittoProcess, RedisProcess
 from tests.integration.harness import Stack
 from tests.integration.test_reload import KubeletDir
 from tests.operator.harness import (

@@ -27,7 +27,7 @@ from gateway.config import (
 )
 from gateway.errors import ConfigError
 from gateway.protocol import Game
-from gateway.reload import ConfigReloader
+from gateway.sidecar.reload import ConfigReloader
 
 SOURCE = "/etc/gateway/table.json"
 

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.detect.RoundDesk against a fake CommandBus (our own seam)."""
+"""Unit tests of gateway.sidecar.rounds.RoundDesk against a fake CommandBus (our own seam)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ from typing import Any
 
 import pytest
 
-from gateway.brokers import PublishReceipt
 from gateway.config import TableConfig
-from gateway.detect import Counters, DetectOutcome, RoundDesk
-from gateway.election import Decision
 from gateway.errors import (
     DetectTimeout,
     IdpError,
@@ -23,6 +20,9 @@ from gateway.errors import (
     RoundSuperseded,
 )
 from gateway.protocol import Game, RouletteNumber, SicBoDice, encode_detect
+from gateway.sidecar.brokers import PublishReceipt
+from gateway.sidecar.election import Decision
+from gateway.sidecar.rounds import Counters, DetectOutcome, RoundDesk
 
 CMD = "test/desk/ARO-001/command"
 RESP = "test/desk/ARO-001/response"

@@ -1,4 +1,4 @@
-"""Unit tests of gateway.election: the pure decide() rule and LocalElector with a fake clock."""
+"""Unit tests of gateway.sidecar.election: the pure decide() and LocalElector on a fake clock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from gateway.config import LinkTimings
-from gateway.election import (
+from gateway.sidecar.election import (
     Decision,
     LinkState,
     LinkStatus,

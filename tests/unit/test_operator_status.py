@@ -11,7 +11,7 @@ import yaml
 
 from gametable_operator import status
 from gametable_operator.status import Condition, Observed, Rendered
-from gateway.stats import BrokerStat, SidecarStats
+from gateway.fleet.stats import BrokerStat, SidecarStats
 
 ROOT = Path(__file__).parents[2]
 CRD = yaml.safe_load((ROOT / "operator" / "gametable_operator" / "crd.yaml").read_text())

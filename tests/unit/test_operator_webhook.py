@@ -12,8 +12,8 @@ import yaml
 from gametable_operator import webhook
 from gametable_operator.render import render_configmap, render_document
 from gametable_operator.settings import SidecarDefaults
-from gateway.app import LIVENESS_SERVICE
 from gateway.cli import build_parser
+from gateway.sidecar.app import LIVENESS_SERVICE
 
 ROOT = Path(__file__).parents[2]
 UID = "6f1d2c3e-0000-4000-8000-000000000002"

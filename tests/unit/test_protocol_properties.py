@@ -8,6 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.devtools.sim import derive_result
 from gateway.errors import MalformedInput
 from gateway.protocol import (
     CARD_RANKS,
@@ -23,7 +24,6 @@ from gateway.protocol import (
     classify,
     parse_shaker_state,
 )
-from gateway.sim import derive_result
 
 FRAME_CLASSES = (Answer, IdpFailure, NotYet, Foreign, Invalid)
 ROUND = "R-1"

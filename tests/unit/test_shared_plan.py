@@ -6,9 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.config import GatewayConfig, parse_config
-from gateway.election import LinkState, LinkStatus
-from gateway.shared_plan import lists_conflict, membership, plan
-from gateway.shared_state import MAX_EPOCH, Record, View
+from gateway.fleet.membership import lists_conflict, membership
+from gateway.fleet.records import MAX_EPOCH, Record, View
+from gateway.sidecar.election import LinkState, LinkStatus
+from gateway.sidecar.shared_plan import plan
 
 NOW = 1_000_000.0
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import MalformedInput
-from gateway.shared_state import (
+from gateway.fleet.records import (
     MAX_EPOCH,
     Record,
     View,
@@ -22,7 +22,7 @@ from gateway.shared_state import (
     parse_step_reply,
     record_sha,
 )
-from gateway.stats import SidecarStats, from_hash, to_hash
+from gateway.fleet.stats import SidecarStats, from_hash, to_hash
 
 FAST = settings(max_examples=300, deadline=None, derandomize=True, database=None)
 JSON = st.recursive(

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.config import RedisConfig
 from gateway.errors import ConfigError
-from gateway.store import Keys, connect
+from gateway.fleet.store import Keys, connect
 
 
 @pytest.mark.parametrize(

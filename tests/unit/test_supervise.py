@@ -9,7 +9,8 @@ import random
 import pytest
 
 from gateway.backoff import Backoff
-from gateway.supervise import Drops, Supervisor, excerpt
+from gateway.drops import Drops, excerpt
+from gateway.sidecar.supervise import Supervisor
 
 
 def test_backoff_doubles_up_to_the_cap_and_jitters_below_it() -> None:
@@ -57,7 +58,7 @@ def test_drops_count_every_input_and_log_the_first_per_kind_and_source(
 ) -> None:
     """Every drop is counted; only the first of a kind from a source is logged."""
     drops = Drops()
-    with caplog.at_level(logging.WARNING, "gateway.supervise"):
+    with caplog.at_level(logging.WARNING, "gateway.sidecar.supervise"):
         for _ in range(100):
             drops.add("frame", "broker b1 topic t", b"[[[", "not JSON")
         drops.add("frame", "broker b2 topic t", b"{", "not JSON")
@@ -72,7 +73,7 @@ def test_drops_count_every_input_and_log_the_first_per_kind_and_source(
 def test_drops_remember_a_bounded_number_of_sources(caplog: pytest.LogCaptureFixture) -> None:
     """Sources chosen by an attacker (view field names) cannot grow memory or the log."""
     drops = Drops()
-    with caplog.at_level(logging.WARNING, "gateway.supervise"):
+    with caplog.at_level(logging.WARNING, "gateway.sidecar.supervise"):
         for i in range(10_000):
             drops.add("view", f"view:{i}", "", "bad")
     assert drops.counts["view"] == 10_000

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NonRecordingSpan, SpanContext
 
 from gateway.errors import ConfigError
-from gateway.telemetry import (
+from gateway.sidecar.telemetry import (
     JsonFormatter,
     Telemetry,
     TextFormatter,

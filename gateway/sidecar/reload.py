@@ -25,8 +25,8 @@ from pathlib import Path
 from opentelemetry import metrics
 
 from gateway.config import GatewayConfig, TableConfig, load_config
+from gateway.drops import Drops
 from gateway.errors import ConfigError
-from gateway.supervise import Drops
 
 log = logging.getLogger(__name__)
 _reloads = metrics.get_meter(__name__).create_counter(

@@ -26,16 +26,18 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
-from gateway.detect import RoundDesk
-from gateway.election import Decision, Elector, LocalElector
-from gateway.reload import ConfigReloader
-from gateway.service import SERVICE_NAME, GatewayService, overall_status
-from gateway.shaker import Shaker
-from gateway.stats import SidecarStats, StatsWriter, read_fleet, take_snapshot
-from gateway.supervise import Drops, Supervisor
-from gateway.topics import TopicHub
+from gateway.drops import Drops
+from gateway.fleet.stats import SidecarStats, read_fleet
+from gateway.sidecar.brokers import BrokerPool
+from gateway.sidecar.election import Decision, Elector, LocalElector
+from gateway.sidecar.reload import ConfigReloader
+from gateway.sidecar.rounds import RoundDesk
+from gateway.sidecar.service import SERVICE_NAME, GatewayService, overall_status
+from gateway.sidecar.shaker import Shaker
+from gateway.sidecar.stats import StatsWriter, take_snapshot
+from gateway.sidecar.supervise import Supervisor
+from gateway.sidecar.topics import TopicHub
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
@@ -88,8 +90,8 @@ class Sidecar:
         shared = None
         if elector is None and config.redis.url:
             # Imported here: redis-py is only loaded by sidecars that use a shared store.
-            from gateway import store
-            from gateway.shared_record import SharedElector
+            from gateway.fleet import store
+            from gateway.sidecar.shared_election import SharedElector
 
             self.store = store.connect(config.redis)
             elector = shared = SharedElector(config, self.instance_id, self.store, drops=self.drops)

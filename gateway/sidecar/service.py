@@ -18,10 +18,8 @@ import grpc
 from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
-from gateway.brokers import BrokerPool
 from gateway.config import GatewayConfig
-from gateway.detect import Counters, DetectOutcome, RoundDesk
-from gateway.election import Decision, LinkState, LinkStatus
+from gateway.drops import Drops
 from gateway.errors import (
     DetectTimeout,
     Exhausted,
@@ -30,11 +28,14 @@ from gateway.errors import (
     ShakeTimeout,
     Unavailable,
 )
+from gateway.fleet.stats import SidecarStats, totals
 from gateway.protocol import BaccaratHand, Game, RouletteNumber, SicBoDice
-from gateway.shaker import ShakeParams, Shaker
-from gateway.stats import SidecarStats, totals
-from gateway.supervise import Drops, Supervisor
-from gateway.topics import TopicHub
+from gateway.sidecar.brokers import BrokerPool
+from gateway.sidecar.election import Decision, LinkState, LinkStatus
+from gateway.sidecar.rounds import Counters, DetectOutcome, RoundDesk
+from gateway.sidecar.shaker import ShakeParams, Shaker
+from gateway.sidecar.supervise import Supervisor
+from gateway.sidecar.topics import TopicHub
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
 

@@ -106,7 +106,7 @@ def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # paho/aiomqtt are chatty at DEBUG about every packet; keep them at WARNING.
-    for noisy in ("aiomqtt", "paho", "gateway.brokers.mqtt"):
+    for noisy in ("aiomqtt", "paho", "gateway.sidecar.brokers.mqtt"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
 
 

@@ -35,10 +35,10 @@ from redis.exceptions import RedisError
 
 from gateway.backoff import Backoff
 from gateway.config import GatewayConfig
-from gateway.election import Decision, ElectionStatus, LinkState, LinkStatus, announce, decide
+from gateway.drops import Drops
 from gateway.errors import MalformedInput, raise_if_cancelled
-from gateway.shared_plan import Membership, Proposal, membership, plan
-from gateway.shared_state import (
+from gateway.fleet.membership import Membership, membership
+from gateway.fleet.records import (
     CAS_SCRIPT,
     STEP_SCRIPT,
     GroupState,
@@ -48,8 +48,16 @@ from gateway.shared_state import (
     parse_step_reply,
     read_record,
 )
-from gateway.store import VIEW_PREFIX, Keys
-from gateway.supervise import Drops
+from gateway.fleet.store import VIEW_PREFIX, Keys
+from gateway.sidecar.election import (
+    Decision,
+    ElectionStatus,
+    LinkState,
+    LinkStatus,
+    announce,
+    decide,
+)
+from gateway.sidecar.shared_plan import Proposal, plan
 
 __all__ = ["CAS_SCRIPT", "Proposal", "Record", "SharedElector", "View", "plan", "read_record"]
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import MalformedInput
-from gateway.store import RECORD_FIELD, VIEW_PREFIX, Keys
+from gateway.fleet.store import RECORD_FIELD, VIEW_PREFIX, Keys
 
 if TYPE_CHECKING:
     import redis.asyncio as redis

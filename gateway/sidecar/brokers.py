@@ -41,10 +41,11 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.backoff import Backoff
 from gateway.config import BrokerConfig, LinkTimings
-from gateway.connection import ProtocolChoice, describe_error, make_client
-from gateway.election import Decision, ElectionStatus, Elector, LinkState, LinkStatus
+from gateway.drops import Drops
 from gateway.errors import NoBrokerAvailable, raise_if_cancelled
-from gateway.supervise import Drops, Supervisor
+from gateway.sidecar.connection import ProtocolChoice, describe_error, make_client
+from gateway.sidecar.election import Decision, ElectionStatus, Elector, LinkState, LinkStatus
+from gateway.sidecar.supervise import Supervisor
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)

@@ -16,12 +16,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.app import Sidecar
-from gateway.cli import describe_response, sim_devices
+from gateway import describe
 from gateway.client import GatewayClient
 from gateway.config import GatewayConfig, parse_config
-from gateway.sandbox import MosquittoProcess
-from gateway.sim import Behaviour, IdpSimulator
+from gateway.devtools.sandbox import MosquittoProcess
+from gateway.devtools.sim import Behaviour, IdpSimulator, sim_devices
+from gateway.sidecar.app import Sidecar
 
 TABLES: tuple[dict[str, Any], ...] = (
     {
@@ -99,7 +99,7 @@ async def run_demo(first_port: int = 50051, once: bool = False) -> int:
             round_id = f"{sidecar.config.table.code}-demo-1"
             async with GatewayClient(sidecar.address) as client:
                 response = await client.detect_raw(round_id, deadline_s=10)
-            print("  " + describe_response(response))
+            print("  " + describe.response(response))
         if once:
             return 0
         first = sidecars[0].address

@@ -27,6 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import aiomqtt
 
+from gateway.config import GatewayConfig
+
 log = logging.getLogger(__name__)
 
 GAMES = ("sicbo", "baccarat", "roulette")
@@ -830,3 +832,40 @@ def behaviour_from_args(args: argparse.Namespace) -> Behaviour:
         answer_on=args.answer_on,
         deal=args.deal,
     )
+
+
+def sim_devices(
+    configs: Sequence[GatewayConfig],
+) -> tuple[list[SimBroker], list[SimTable]]:
+    """The simulator's view of some table configs: every broker once, every table."""
+    brokers: dict[str, SimBroker] = {}
+    tables = []
+    for config in configs:
+        for b in config.brokers:
+            tls = b.tls
+            brokers.setdefault(
+                b.id,
+                SimBroker(
+                    host=b.host,
+                    port=b.port,
+                    username=b.username,
+                    password=b.password,
+                    ca_file=tls.ca_file if tls else None,
+                    client_cert=tls.cert_file if tls else None,
+                    client_key=tls.key_file if tls else None,
+                    server_name=tls.server_name if tls else None,
+                    id=b.id,
+                ),
+            )
+        t = config.table
+        tables.append(
+            SimTable(
+                game=t.game.value,
+                table_code=t.code,
+                command_topic=t.command_topic,
+                response_topic=t.response_topic,
+                shaker_listens=t.shaker_listens,
+                shaker_says=t.shaker_says,
+            )
+        )
+    return list(brokers.values()), tables

@@ -1,28 +1,26 @@
-"""Connection and detect statistics: per sidecar, written in batches, read as a fleet.
+"""The fleet's statistics: one Redis hash per sidecar, and the fleet view that adds them up.
 
-Each sidecar writes one Redis hash (``Keys.stats``) at most every ``stats_interval_s``
-(one pipelined HSET + EXPIRE), expiring ``stats_ttl_s`` after its last write, so a
-vanished sidecar drops out of the fleet view by itself. The fleet view reads every live
-hash of the broker group and adds them up (the predecessor's promised
-``get_connection_stats()``: total / active / failed connections).
+Each sidecar writes one hash (``Keys.stats``) at most every ``stats_interval_s`` (one
+pipelined HSET + EXPIRE, ``gateway.sidecar.stats``), expiring ``stats_ttl_s`` after its
+last write, so a vanished sidecar drops out of the fleet view by itself. This module is the
+format both sides share: the sidecar writes it, ``gateway health --fleet`` and the
+operator's status read it. The fleet view reads every live hash of the broker group and
+adds them up (the predecessor's promised ``get_connection_stats()``: total / active /
+failed connections).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.detect import Counters
-from gateway.election import Decision, LinkStatus
-from gateway.errors import MalformedInput, Unavailable, raise_if_cancelled
-from gateway.store import Keys
-from gateway.supervise import Drops
+from gateway.drops import Drops
+from gateway.errors import MalformedInput, Unavailable
+from gateway.fleet.store import Keys
 
 if TYPE_CHECKING:
     import redis.asyncio as redis
@@ -68,40 +66,6 @@ class FleetTotals:
     detects_ok: int
     detects_timed_out: int
     detects_failed: int
-
-
-def take_snapshot(
-    instance_id: str,
-    table_code: str,
-    generation: int,
-    links: Sequence[LinkStatus],
-    decision: Decision,
-    counters: Counters,
-    config_error: str = "",
-) -> SidecarStats:
-    return SidecarStats(
-        instance_id=instance_id,
-        table_code=table_code,
-        updated_unix=time.time(),
-        active_broker_id=decision.broker_id or "",
-        epoch=decision.epoch,
-        config_generation=generation,
-        counters=asdict(counters),
-        config_error=config_error,
-        brokers=tuple(
-            BrokerStat(
-                id=s.id,
-                connected=s.ready,
-                connects=s.connects,
-                disconnects=s.failures,
-                publishes_ok=s.publishes_ok,
-                publishes_failed=s.publishes_failed,
-                probe_rtt_ms=round(s.probe_rtt_ms, 3),
-                last_error=s.last_error,
-            )
-            for s in links
-        ),
-    )
 
 
 def to_hash(s: SidecarStats) -> dict[str, str]:
@@ -216,63 +180,3 @@ async def read_fleet(
             else:
                 log.warning("ignoring malformed statistics hash %s: %s", name, exc.message)
     return sorted(fleet, key=lambda s: (s.table_code, s.instance_id))
-
-
-class StatsWriter:
-    """Writes this sidecar's snapshot every ``interval_s`` until cancelled."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        keys: Keys,
-        snapshot: Callable[[], SidecarStats],
-        *,
-        interval_s: float,
-        ttl_s: float,
-        on_error: Callable[[Exception], None] = lambda exc: None,
-        drops: Drops | None = None,
-    ) -> None:
-        self._drops = drops or Drops()
-        self._client = client
-        self._keys = keys
-        self._snapshot = snapshot
-        self._interval_s = interval_s
-        self._ttl_ms = int(ttl_s * 1000)
-        self._on_error = on_error
-        self.writes = 0
-
-    async def write_once(self) -> None:
-        """Write the snapshot now (raises RedisError if the store does not take it)."""
-        from redis.exceptions import ResponseError
-
-        s = self._snapshot()
-        key = self._keys.stats(s.instance_id)
-        mapping: Any = to_hash(s)  # redis-py's Mapping type is invariant in its key type
-
-        async def write() -> None:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.hset(key, mapping=mapping)
-            pipe.pexpire(key, self._ttl_ms)
-            await pipe.execute()
-
-        try:
-            await write()
-        except ResponseError as exc:
-            if "WRONGTYPE" not in str(exc):
-                raise
-            # Our own key, overwritten with another type: replace it rather than fail forever.
-            self._drops.add("stats", key, "", "statistics key was not a hash; replaced")
-            await self._client.delete(key)
-            await write()
-        self.writes += 1
-
-    async def run(self) -> None:
-        from redis.exceptions import RedisError
-
-        while True:
-            raise_if_cancelled()  # redis-py's connect may swallow one on Python 3.11
-            try:
-                await self.write_once()
-            except RedisError as exc:
-                self._on_error(exc)  # the election reports the store as unreachable
-            await asyncio.sleep(self._interval_s)

@@ -1,6 +1,6 @@
 """A TCP proxy in front of one MQTT broker that injects faults a process signal cannot.
 
-Killing or stopping a broker process (``gateway.sandbox``) takes the whole broker down for
+Killing or stopping a broker process (``gateway.devtools.sandbox``) takes the whole broker down for
 every client. Some faults are narrower: a broker whose QoS 1 path is stuck while QoS 0
 still flows (publishes are never acknowledged, but probes come back), or a network path
 from *one* client that hangs or resets while the broker is fine for everyone else. The

@@ -25,9 +25,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Status, StatusCode
 
-from gateway.brokers import PublishReceipt
 from gateway.config import TableConfig
-from gateway.election import Decision
+from gateway.drops import Drops
 from gateway.errors import (
     DetectTimeout,
     GatewayError,
@@ -51,7 +50,8 @@ from gateway.protocol import (
     encode_detect,
     encode_timeout,
 )
-from gateway.supervise import Drops
+from gateway.sidecar.brokers import PublishReceipt
+from gateway.sidecar.election import Decision
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)

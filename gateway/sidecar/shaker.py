@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from opentelemetry import metrics
 
-from gateway.brokers import BrokerPool
 from gateway.config import TableConfig
+from gateway.drops import Drops
 from gateway.errors import (
     InvalidRequest,
     MalformedInput,
@@ -27,8 +27,8 @@ from gateway.errors import (
     Unavailable,
 )
 from gateway.protocol import parse_shaker_state
-from gateway.supervise import Drops
-from gateway.topics import TopicHub
+from gateway.sidecar.brokers import BrokerPool
+from gateway.sidecar.topics import TopicHub
 
 log = logging.getLogger(__name__)
 

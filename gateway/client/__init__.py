@@ -35,8 +35,8 @@ from typing import Any, Final, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gateway.channel import RetryPolicy, channel_options
-from gateway.client_errors import (
+from gateway.client.channel import RetryPolicy, channel_options
+from gateway.client.errors import (
     DetectTimeout,
     GatewayError,
     GatewayUnavailable,
@@ -48,7 +48,7 @@ from gateway.client_errors import (
     error_from_rpc,
     metadata_pairs,
 )
-from gateway.loopthread import LoopClosed, LoopThread
+from gateway.client.loopthread import LoopClosed, LoopThread
 from gateway.protocol import BaccaratHand, Result, RouletteNumber, SicBoDice
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
