@@ -14,10 +14,10 @@ import grpc
 from gateway import describe
 from gateway.client import GatewayClient
 from gateway.client.errors import metadata_pairs
-from gateway.config import GatewayConfig, load_config
+from gateway.config import DEFAULT_ADDRESS, DEFAULT_PORT, GatewayConfig, load_config
 from gateway.devtools import sim as simulator
 from gateway.errors import ConfigError
-from gateway.sidecar.app import DEFAULT_LISTEN, serve
+from gateway.sidecar.app import serve
 from gateway.sidecar.telemetry import (
     configure_logging,
     configure_telemetry,
@@ -29,6 +29,7 @@ log = logging.getLogger("gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gateway`` command's arguments: serve, detect, health, shake, sim, demo."""
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="gRPC sidecar that gets round results from the studio's IDPs over MQTT.",
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the sidecar for one table")
     p.add_argument("--config", required=True, metavar="FILE", help="table config (JSON)")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("--listen", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
     p.add_argument(
         "--health-listen",
         metavar="HOST:PORT",
@@ -58,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("detect", help="call Detect on a sidecar and print the result")
-    p.add_argument("--target", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("--target", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
     p.add_argument("--round-id", required=True)
     p.add_argument("--input", default="", metavar="URL", help="camera stream (default: config)")
     p.add_argument("--output", default="", metavar="URL", help="annotated stream (SicBo)")
@@ -66,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the response as JSON")
 
     p = sub.add_parser("shake", help="shake a SicBo table's dice through its sidecar")
-    p.add_argument("--target", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("--target", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="cycle (9.59)")
     p.add_argument("--amplitude", type=float, default=None, help="0 < A <= 1 (0.41)")
     p.add_argument("--deadline", type=float, default=None, metavar="S", help="gRPC deadline")
 
     p = sub.add_parser("health", help="print a sidecar's Health")
-    p.add_argument("--target", default=DEFAULT_LISTEN, metavar="HOST:PORT")
+    p.add_argument("--target", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.add_argument(
         "--fleet", action="store_true", help="also every live sidecar of its broker group"
@@ -86,11 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="start brokers, simulator and sidecars; run real Detects")
     p.add_argument("--once", action="store_true", help="exit after the first Detects")
-    p.add_argument("--port", type=int, default=50051, help="first gRPC port (one sidecar per game)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="first gRPC port (one sidecar per game)"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``gateway`` command; its exit status."""
     args = build_parser().parse_args(argv)
     level = args.log_level or ("WARNING" if args.command == "demo" else "INFO")
     configure_logging(level, args.log_format)

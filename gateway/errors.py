@@ -86,6 +86,7 @@ class IdpError(GatewayError):
         self.name = name
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The gRPC trailers: the error's name and the IDP's error code and name."""
         return (
             *super().trailing_metadata(),
             ("idp-err", str(self.code)),
@@ -125,6 +126,7 @@ class ShakeError(GatewayError):
             self.failure = failure
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The gRPC trailers: the error's name and the shaker's failure."""
         return (*super().trailing_metadata(), ("shake-err", self.failure))
 
 

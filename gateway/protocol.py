@@ -65,11 +65,15 @@ def err_name(code: int) -> str:
 
 @dataclass(frozen=True)
 class SicBoDice:
+    """A SicBo result: three dice, 1..6 each."""
+
     dice: tuple[int, int, int]
 
 
 @dataclass(frozen=True)
 class RouletteNumber:
+    """A Speed Roulette result: the pocket number, 0..36."""
+
     number: int
 
 
@@ -88,32 +92,43 @@ Result = SicBoDice | RouletteNumber | BaccaratHand
 
 @dataclass(frozen=True)
 class Answer:
+    """A final, validated result for this round."""
+
     round_id: str
     result: Result
 
 
 @dataclass(frozen=True)
 class IdpFailure:
+    """The IDP reported an error for this round."""
+
     round_id: str
     code: int
 
     @property
     def name(self) -> str:
+        """The error code's name (e.g. ``NO_SHAKE``), or the number if it has none."""
         return err_name(self.code)
 
 
 @dataclass(frozen=True)
 class NotYet:
+    """A frame that says the IDP has nothing yet (err -1, or no result)."""
+
     reason: str
 
 
 @dataclass(frozen=True)
 class Foreign:
+    """A frame for another round: stale or foreign, never this round's result."""
+
     round_id: str
 
 
 @dataclass(frozen=True)
 class Invalid:
+    """A frame for this round that does not validate: counted, never a result."""
+
     reason: str
 
 

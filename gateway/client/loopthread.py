@@ -39,6 +39,7 @@ class LoopThread:
 
     @property
     def closed(self) -> bool:
+        """True once ``close`` has begun: callers must not submit work any more."""
         return self._closed
 
     def in_thread(self) -> bool:

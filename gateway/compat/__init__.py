@@ -2,11 +2,15 @@
 module) and ``gateway.compat.config`` (its config module). Move a program by changing its
 import lines; ``docs/migration.md`` says which, and what behaves differently.
 
-- ``system``: the facade, on an event loop of its own (callable from any loop or thread)
+- ``system``: the predecessor's module: the facade and the ``create_complete_*_system``
+  shortcuts; ``facade`` holds ``CompleteMQTTSystem``, on an event loop of its own
+  (callable from any loop or thread), ``rounds`` its detect and shake, ``status`` its
+  ``get_system_status`` report, ``target`` which sidecar it talks to
 - ``config``: ``GameType``, ``Environment``, ``BrokerConfig``, ``MQTTConfigManager``,
   ``get_config``; the program's settings, compared with what the sidecar serves
 - ``legacy``: the old result, statistics and health shapes (pure)
 - ``handlers``: ``add_message_handler``, fed by one Subscribe stream
+- ``broker_probe``: ``test_broker_connection``, a real MQTT connect
 """
 
 from gateway.client import NotReady

@@ -124,6 +124,7 @@ class MQTTConfigManager:
     def get_config(
         self, game_type: GameType | str, environment: Environment | str = Environment.DEVELOPMENT
     ) -> MQTTConfig:
+        """The table's settings from its file in ``config_dir``, else the defaults."""
         game, env = GameType(game_type), Environment(environment)
         for name in CONFIG_FILES:
             path = self.config_dir / name.format(game=game.value)

@@ -18,11 +18,11 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
-import random
 from collections.abc import Callable
 from typing import Any, Final
 
-from gateway.client import GatewayClient, GatewayError, InvalidRound, Subscription
+from gateway.backoff import Backoff
+from gateway.client import GatewayCallError, GatewayClient, InvalidRound, Subscription
 from gateway.compat.legacy import describe_failure, parse_payload, topic_matches
 from gateway.v1 import gateway_pb2 as pb
 
@@ -62,6 +62,7 @@ class MessageHandlers:
         self._running = True
 
     def stop(self) -> None:
+        """The system stopped: accept no rechecks and carry nothing until ``start``."""
         self._running = False
         self.subscribed = frozenset()
 
@@ -78,12 +79,13 @@ class MessageHandlers:
             loop.call_soon_threadsafe(self._recheck.set)  # maybe a topic added since: look
 
     def remove(self, topic: str) -> None:
+        """Forget every handler registered for ``topic``."""
         self.handlers = [entry for entry in self.handlers if entry[0] != topic]
 
     async def run(self, client: GatewayClient) -> None:
         """One Subscribe stream of every topic the sidecar carries, handlers matched here;
         re-opened with capped backoff when it fails or ends (e.g. a sidecar restart)."""
-        backoff = BACKOFF_INITIAL_S
+        backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
         while True:
             self._recheck.clear()
             try:
@@ -91,7 +93,7 @@ class MessageHandlers:
                     self._carried = self.subscribed = frozenset(stream.topics)
                     self._report_unmatched()
                     self.settled.set()
-                    backoff = BACKOFF_INITIAL_S
+                    backoff.reset()
                     if await self._pump(stream):
                         continue  # asked to look again: re-open now
                     log.warning("subscription to %s ended by the sidecar; re-opening", self.target)
@@ -103,7 +105,7 @@ class MessageHandlers:
                     async with asyncio.timeout(RECHECK_S if self.handlers else None):
                         await self._recheck.wait()
                 continue
-            except GatewayError as exc:
+            except GatewayCallError as exc:
                 level = logging.WARNING if self.handlers else logging.DEBUG
                 log.log(
                     level, "subscription to %s: %s; retrying", self.target, describe_failure(exc)
@@ -113,8 +115,7 @@ class MessageHandlers:
             finally:
                 self.subscribed = frozenset()
             self.settled.set()
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
+            await asyncio.sleep(backoff.next())
 
     async def _pump(self, stream: Subscription) -> bool:
         """Dispatch messages until the stream ends (False) or a recheck is asked (True)."""

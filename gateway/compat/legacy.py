@@ -11,7 +11,14 @@ import json
 import time
 from typing import Any, Final
 
-from gateway.client import GatewayError, IdpError, Result, RouletteNumber, ShakeFailed, SicBoDice
+from gateway.client import (
+    GatewayCallError,
+    IdpFailed,
+    Result,
+    RouletteNumber,
+    ShakeFailed,
+    SicBoDice,
+)
 from gateway.compat.config import GameType
 from gateway.v1 import gateway_pb2 as pb
 
@@ -62,10 +69,10 @@ def topic_matches(pattern: str, topic: str) -> bool:
     return len(parts) == len(levels)
 
 
-def describe_failure(exc: GatewayError) -> str:
+def describe_failure(exc: GatewayCallError) -> str:
     """Why a call failed, for a log line: class, gRPC status, IDP code, details."""
     status = exc.code().name
-    if isinstance(exc, IdpError) and exc.idp_code:
+    if isinstance(exc, IdpFailed) and exc.idp_code:
         status += f", idp err {exc.idp_code} {exc.idp_name}".rstrip()
     if isinstance(exc, ShakeFailed):
         status += f", {exc.failure}"

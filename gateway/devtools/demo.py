@@ -18,7 +18,7 @@ from typing import Any
 
 from gateway import describe
 from gateway.client import GatewayClient
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import DEFAULT_PORT, GatewayConfig, parse_config
 from gateway.devtools.sandbox import MosquittoProcess
 from gateway.devtools.sim import Behaviour, IdpSimulator, sim_devices
 from gateway.sidecar.app import Sidecar
@@ -71,7 +71,8 @@ def _port_free(port: int) -> bool:
     return True
 
 
-async def run_demo(first_port: int = 50051, once: bool = False) -> int:
+async def run_demo(first_port: int = DEFAULT_PORT, once: bool = False) -> int:
+    """Start brokers, the simulator and one sidecar per game; run real Detects."""
     async with contextlib.AsyncExitStack() as stack:
         b1 = await stack.enter_async_context(MosquittoProcess())
         b2 = await stack.enter_async_context(MosquittoProcess())

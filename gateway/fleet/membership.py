@@ -17,6 +17,7 @@ from gateway.fleet.records import View
 
 
 def majority(count: int, live: int) -> bool:
+    """More than half of ``live``."""
     return 2 * count > live
 
 
@@ -36,6 +37,7 @@ class Membership:
         return frozenset(b for brokers in self.lists.values() if brokers for b in brokers)
 
     def has(self, instance: str, broker: str) -> bool:
+        """Whether ``instance`` has ``broker`` configured (True if it does not report)."""
         brokers = self.lists.get(instance)
         return brokers is None or broker in brokers
 

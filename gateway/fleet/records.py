@@ -132,6 +132,7 @@ class Record:
     reason: str
 
     def to_json(self) -> str:
+        """The JSON the record field holds."""
         return json.dumps(vars(self), separators=(",", ":"))
 
     @staticmethod
@@ -181,6 +182,7 @@ class View:
     brokers: dict[str, int] | None = field(default=None)
 
     def to_json(self) -> str:
+        """The compact JSON a view field holds."""
         doc: dict[str, Any] = {
             "i": self.instance,
             "e": self.epoch,

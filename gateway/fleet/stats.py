@@ -32,6 +32,8 @@ MAX_STATS_CHARS = 256 * 1024
 
 @dataclass(frozen=True)
 class BrokerStat:
+    """One broker link of one sidecar, as the fleet view shows it."""
+
     id: str
     connected: bool
     connects: int
@@ -59,6 +61,8 @@ class SidecarStats:
 
 @dataclass(frozen=True)
 class FleetTotals:
+    """What ``totals`` adds up over the live sidecars of a group."""
+
     sidecars: int
     total_connections: int
     active_connections: int
@@ -69,6 +73,7 @@ class FleetTotals:
 
 
 def to_hash(s: SidecarStats) -> dict[str, str]:
+    """The hash one sidecar writes (``from_hash`` reads it back)."""
     return {
         "instance_id": s.instance_id,
         "table_code": s.table_code,
@@ -136,6 +141,7 @@ def _broker(b: Any) -> BrokerStat:
 
 
 def totals(fleet: Sequence[SidecarStats]) -> FleetTotals:
+    """The fleet's sums: connections by state and detects by outcome."""
     links = [b for s in fleet for b in s.brokers]
     return FleetTotals(
         sidecars=len(fleet),

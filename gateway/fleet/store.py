@@ -101,4 +101,5 @@ class Keys:
 
     @property
     def stats_pattern(self) -> str:
+        """The SCAN pattern matching every statistics key of the group."""
         return f"{self._base}:stats:*"

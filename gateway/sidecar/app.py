@@ -2,10 +2,12 @@
 
 ``Sidecar`` is an async context manager so tests and the demo run the real thing
 in-process; ``serve`` wraps it for the ``gateway serve`` command with signal handling.
-Shutdown order: health goes NOT_SERVING, the gRPC server drains in-flight calls, then
-the round desk and the broker links stop. Every loop runs under one ``Supervisor``: a loop
-that fails is restarted with backoff and shown in Health, never the process; the process
-ends only for a bad config at start, a signal, or a listener that cannot bind.
+The parts it runs are built and wired in ``assembly.py``; this module owns only when
+they start and stop. Shutdown order: health goes NOT_SERVING, the gRPC server drains
+in-flight calls, then the round desk and the broker links stop. Every loop runs under
+one ``Supervisor``: a loop that fails is restarted with backoff and shown in Health,
+never the process; the process ends only for a bad config at start, a signal, or a
+listener that cannot bind.
 """
 
 from __future__ import annotations
@@ -15,45 +17,32 @@ import contextlib
 import logging
 import secrets
 import signal
-import time
 from collections.abc import Awaitable, Callable, Sequence
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
 
-from gateway.config import GatewayConfig
-from gateway.drops import Drops
-from gateway.fleet.stats import SidecarStats, read_fleet
-from gateway.sidecar.brokers import BrokerPool
-from gateway.sidecar.election import Decision, Elector, LocalElector
-from gateway.sidecar.reload import ConfigReloader
-from gateway.sidecar.rounds import RoundDesk
-from gateway.sidecar.service import SERVICE_NAME, GatewayService, overall_status
-from gateway.sidecar.shaker import Shaker
-from gateway.sidecar.stats import StatsWriter, take_snapshot
-from gateway.sidecar.supervise import Supervisor
-from gateway.sidecar.topics import TopicHub
+from gateway.config import DEFAULT_ADDRESS
+from gateway.sidecar.assembly import Parts
+from gateway.sidecar.gauges import FailoverMeter, observe_brokers
+from gateway.sidecar.health_verdict import overall_status
+from gateway.sidecar.readiness import LIVENESS_SERVICE, Readiness
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
-    import redis.asyncio as redis
+    from types import TracebackType
+
+    from gateway.config import GatewayConfig
+    from gateway.fleet.stats import SidecarStats
+    from gateway.sidecar.election import Elector
+
+__all__ = ["DEFAULT_LISTEN", "LIVENESS_SERVICE", "Sidecar", "make_instance_id", "serve"]
 
 log = logging.getLogger(__name__)
-_meter = metrics.get_meter(__name__)
-_failovers = _meter.create_counter("gateway.failovers", description="Active-broker switches")
-_failover_duration = _meter.create_histogram(
-    "gateway.failover.duration", unit="s", description="Active broker down -> new active broker"
-)
 
-DEFAULT_LISTEN = "127.0.0.1:50051"
-# grpc.health.v1 service names: "" and SERVICE_NAME are SERVING only with a ready active
-# broker (readiness); LIVENESS_SERVICE is SERVING while the process serves at all.
-LIVENESS_SERVICE = "liveness"
+DEFAULT_LISTEN = DEFAULT_ADDRESS
 DRAIN_GRACE_S = 5.0
 STOP_LIMIT_S = 5.0
 
@@ -78,101 +67,47 @@ class Sidecar:
         config_path: str | None = None,
         config_adjust: Callable[[GatewayConfig], GatewayConfig] | None = None,
     ) -> None:
-        self.config = config
         self.instance_id = instance_id or make_instance_id(config.table.code)
         self._listen = listen
         self._health_listen = health_listen
         self._interceptors = list(interceptors)
-        self.store: redis.Redis | None = None
-        labels = {"table": config.table.code}
-        self.drops = Drops(labels)
-        self.supervisor = Supervisor(labels=labels)
-        shared = None
-        if elector is None and config.redis.url:
-            # Imported here: redis-py is only loaded by sidecars that use a shared store.
-            from gateway.fleet import store
-            from gateway.sidecar.shared_election import SharedElector
-
-            self.store = store.connect(config.redis)
-            elector = shared = SharedElector(config, self.instance_id, self.store, drops=self.drops)
-        self.elector = elector or LocalElector(config.timings)
-        # The pool and the desk refer to each other: frames flow pool -> desk, commands
-        # desk -> pool, and the elector must know whether a round is in flight.
-        table = config.table
-        self.hub = TopicHub(t for t in (table.shaker_says, *table.subscribe_topics) if t)
-        self.pool = BrokerPool(
-            config.brokers,
-            topics=[table.response_topic, *sorted(self.hub.topics)],
-            instance_id=self.instance_id,
-            timings=config.timings,
-            elector=self.elector,
-            on_message=self._route,
-            busy=lambda: self.desk.busy,
-            drops=self.drops,
-            supervisor=self.supervisor,
-            watch=[table.command_topic],
-            on_late=lambda broker, topic, payload: self.desk.late_command(broker, topic, payload),
-        )
-        self.desk = RoundDesk(
-            config.table, self.pool, on_busy_change=self.pool.busy_changed, drops=self.drops
-        )
-        self.shaker = Shaker(config.table, self.pool, self.hub, drops=self.drops)
-        self.elector.add_listener(self.desk.on_decision)
-        self.elector.add_listener(self._count_switch)
-        self._observe()
-        self.stats_writer: StatsWriter | None = None
-        fleet = None
-        if shared is not None and self.store is not None:
-            keys, client = shared.keys, self.store
-            self.stats_writer = StatsWriter(
-                client,
-                keys,
-                self.snapshot,
-                interval_s=config.redis.stats_interval_s,
-                ttl_s=config.redis.stats_ttl_s,
-                on_error=shared.on_store_error,
-                drops=self.drops,
-            )
-            drops = self.drops
-
-            async def fleet() -> list[SidecarStats]:
-                return await read_fleet(client, keys, drops)
-
-        self.service = GatewayService(
+        self._parts = parts = Parts(
             config,
-            self.desk,
-            self.pool,
-            self.instance_id,
-            self.snapshot,
-            fleet,
-            shaker=self.shaker,
-            hub=self.hub,
-            drops=self.drops,
-            supervisor=self.supervisor,
+            instance_id=self.instance_id,
+            elector=elector,
+            config_path=config_path,
+            config_adjust=config_adjust,
         )
-        self.reloader: ConfigReloader | None = None
-        if config_path is not None:
-            self.reloader = ConfigReloader(
-                config_path,
-                config,
-                apply=self._apply_config,
-                wait_idle=self.desk.wait_idle,
-                adjust=config_adjust or (lambda c: c),
-                drops=self.drops,
-            )
-            reloader = self.reloader
-            self.service.config_error = lambda: reloader.last_error
-        # aio is re-exported by grpc_health.v1.health at run time; the stubs lack it.
-        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.store = parts.store
+        self.drops = parts.drops
+        self.supervisor = parts.supervisor
+        self.elector = parts.elector
+        self.hub = parts.hub
+        self.pool = parts.pool
+        self.desk = parts.desk
+        self.shaker = parts.shaker
+        self.stats_writer = parts.stats_writer
+        self.service = parts.service
+        self.reloader = parts.reloader
+        self.elector.add_listener(
+            FailoverMeter(lambda: parts.config.table.code, self.pool).on_decision
+        )
+        observe_brokers(config.table.code, self.pool, parts.problems)
+        self.readiness = Readiness(
+            lambda: overall_status(self.pool.statuses(), self.pool.decision(), parts.problems())
+        )
+        self.health = self.readiness.servicer
         self.port = 0
         self.health_port = 0
         self._server: grpc.aio.Server | None = None
         self._health_server: grpc.aio.Server | None = None
         self._main: asyncio.Task[None] | None = None
-        self._last_active: str | None = None
-        self._health_changed = asyncio.Event()
-        self._serving = asyncio.Event()
-        self.pool.add_listener(self._health_changed.set)
+        self.pool.add_listener(self.readiness.changed)
+
+    @property
+    def config(self) -> GatewayConfig:
+        """The configuration in force: the one given, or the last reload applied."""
+        return self._parts.config
 
     async def __aenter__(self) -> Sidecar:
         server = grpc.aio.server(
@@ -186,9 +121,7 @@ class Sidecar:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, server)
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.health.set(LIVENESS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        await self.readiness.start()
         self.port = _bind(server, self._listen)
         if self._health_listen is not None:
             # Health alone on a second address: kubelet probes reach the pod IP, while
@@ -211,93 +144,17 @@ class Sidecar:
         )
         return self
 
-    def _count_switch(self, decision: Decision) -> None:
-        """Failovers and how long the table had no usable active broker."""
-        previous = self._last_active
-        self._last_active = decision.broker_id
-        if previous is None or decision.broker_id is None or previous == decision.broker_id:
-            return
-        old = self.pool.links.get(previous)
-        labels = {"table": self.config.table.code, "from": previous, "to": decision.broker_id}
-        _failovers.add(1, labels)
-        if old is not None and not old.status().ready:  # a failover, not a fail-back
-            _failover_duration.record(time.monotonic() - old.status().since, labels)
-
-    def _observe(self) -> None:
-        """Gauges read at collection time: broker up/down and probe RTT, active broker, epoch."""
-        table = self.config.table.code
-
-        def brokers_up(options: CallbackOptions) -> list[Observation]:
-            return [
-                Observation(int(s.ready), {"table": table, "broker": s.id})
-                for s in self.pool.statuses()
-            ]
-
-        def probe_rtt(options: CallbackOptions) -> list[Observation]:
-            return [
-                Observation(s.probe_rtt_ms / 1000, {"table": table, "broker": s.id})
-                for s in self.pool.statuses()
-                if s.ready
-            ]
-
-        def active(options: CallbackOptions) -> list[Observation]:
-            d = self.pool.decision()
-            return [
-                Observation(int(s.id == d.broker_id), {"table": table, "broker": s.id})
-                for s in self.pool.statuses()
-            ]
-
-        def epoch(options: CallbackOptions) -> list[Observation]:
-            return [Observation(self.pool.decision().epoch, {"table": table})]
-
-        def degraded(options: CallbackOptions) -> list[Observation]:
-            overall = overall_status(self.pool.statuses(), self.pool.decision(), self.problems())
-            is_degraded = overall.status == gateway_pb2.HealthResponse.DEGRADED
-            return [Observation(int(is_degraded), {"table": table})]
-
-        meter = metrics.get_meter(__name__)
-        meter.create_observable_gauge("gateway.broker.up", [brokers_up], description="1 = ready")
-        meter.create_observable_gauge("gateway.broker.probe_rtt", [probe_rtt], unit="s")
-        meter.create_observable_gauge(
-            "gateway.broker.active", [active], description="1 for the active broker"
-        )
-        meter.create_observable_gauge("gateway.epoch", [epoch], description="active-broker epoch")
-        meter.create_observable_gauge(
-            "gateway.degraded", [degraded], description="1 while Health reports DEGRADED"
-        )
-
     def problems(self) -> tuple[str, ...]:
         """Reasons to report DEGRADED beyond the brokers: the election, failed loops."""
-        return (*self.elector.status().problems, *self.supervisor.problems())
-
-    def _route(self, broker: str, topic: str, payload: bytes) -> None:
-        """The IDP's responses go to the round desk; the extra topics to their listeners."""
-        if topic == self.config.table.response_topic:
-            self.desk.on_message(broker, topic, payload)
-        else:
-            self.hub.on_message(broker, topic, payload)
-
-    def _apply_config(self, config: GatewayConfig) -> None:
-        """A reloaded configuration, between rounds: only what can change live."""
-        self.config = config
-        self.desk.reconfigure(config.table)
-        self.shaker.table = config.table
-        self.service.config = config
+        return self._parts.problems()
 
     def snapshot(self) -> SidecarStats:
         """This sidecar's statistics right now."""
-        return take_snapshot(
-            self.instance_id,
-            self.config.table.code,
-            self.config.generation,
-            self.pool.statuses(),
-            self.pool.decision(),
-            self.desk.counters,
-            self.reloader.last_error if self.reloader else "",
-        )
+        return self._parts.snapshot()
 
     @property
     def address(self) -> str:
+        """Where the gRPC server listens, with the port it got (``listen`` may say 0)."""
         host = self._listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
 
@@ -305,7 +162,7 @@ class Sidecar:
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("broker-pool", self.pool.run),
             ("round-desk", self.desk.run),
-            ("health", self._health_loop),
+            ("health", self.readiness.run),
         ]
         if self.stats_writer is not None:
             loops.append(("stats", self.stats_writer.run))
@@ -315,28 +172,9 @@ class Sidecar:
             for name, body in loops:
                 tasks.create_task(self.supervisor.run(name, body), name=name)
 
-    async def _health_loop(self) -> None:
-        """Mirror readiness into grpc.health.v1: SERVING only with a ready active broker."""
-        last: int | None = None
-        while True:
-            self._health_changed.clear()
-            overall = overall_status(self.pool.statuses(), self.pool.decision(), self.problems())
-            if overall.grpc_health != last:
-                last = overall.grpc_health
-                for service in ("", SERVICE_NAME):
-                    await self.health.set(service, last)
-                if overall.serving:
-                    self._serving.set()
-                else:
-                    self._serving.clear()
-                log.info(
-                    "health %s: %s", "SERVING" if overall.serving else "NOT_SERVING", overall.reason
-                )
-            await self._health_changed.wait()
-
     async def wait_serving(self) -> None:
         """Wait until a broker is ready and active (health SERVING); callers bound it."""
-        await self._serving.wait()
+        await self.readiness.wait_serving()
 
     async def wait(self) -> None:
         """Wait until a loop crashes (raises) — normally forever."""
@@ -349,7 +187,7 @@ class Sidecar:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.health.enter_graceful_shutdown()
+        await self.readiness.shutdown()
         self.hub.close()  # Subscribe streams end now rather than at the end of the grace
         if self._server is not None:
             await self._server.stop(DRAIN_GRACE_S)

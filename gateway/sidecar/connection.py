@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import BrokerConfig
+from gateway.tls import client_context
 
 MAX_PACKET_BYTES = 128 * 1024
 INCOMING_QUEUE_LIMIT = 1000  # messages read but not yet handled; more are discarded
@@ -61,11 +62,7 @@ def tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
     tls = broker.tls
     if tls is None:
         return None
-    ctx: ssl.SSLContext = (
-        ServerNameContext(ssl.PROTOCOL_TLS_CLIENT, tls.server_name)
-        if tls.server_name
-        else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    )
+    ctx = client_context(tls.server_name)
     if tls.ca_file:
         ctx.load_verify_locations(cafile=tls.ca_file)
     else:
@@ -76,21 +73,6 @@ def tls_context(broker: BrokerConfig) -> ssl.SSLContext | None:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-class ServerNameContext(ssl.SSLContext):
-    """Verifies the broker's certificate against a configured name, not the dialled host
-    (paho always passes the host it dials as ``server_hostname``)."""
-
-    def __new__(cls, protocol: int, server_name: str) -> ServerNameContext:
-        return super().__new__(cls, protocol)
-
-    def __init__(self, protocol: int, server_name: str) -> None:
-        self._server_name = server_name
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs["server_hostname"] = self._server_name
-        return super().wrap_socket(sock, *args, **kwargs)
 
 
 class ProtocolChoice:

@@ -33,6 +33,8 @@ _tracer = trace.get_tracer(__name__)
 
 
 class LinkState(StrEnum):
+    """Where a broker link stands; only READY (probed round trip) can carry commands."""
+
     CONNECTING = "connecting"
     READY = "ready"
     DOWN = "down"
@@ -59,6 +61,7 @@ class LinkStatus:
 
     @property
     def ready(self) -> bool:
+        """True while the link is READY: the only state that can carry commands."""
         return self.state is LinkState.READY
 
 
@@ -184,15 +187,19 @@ class LocalElector:
         self._wake = asyncio.Event()
 
     def current(self) -> Decision:
+        """The active broker as decided last (none until a link is ready)."""
         return self._decision
 
     def status(self) -> ElectionStatus:
+        """Always the plain local election: nothing shared that could be unhealthy."""
         return ElectionStatus()
 
     def add_listener(self, callback: Callable[[Decision], None]) -> None:
+        """Call ``callback`` with every new decision."""
         self._listeners.append(callback)
 
     def update(self, links: Sequence[LinkStatus], busy: bool) -> None:
+        """The links or the round changed: decide again (a fail-back waits for idle)."""
         self._links, self._busy = links, busy
         self._evaluate()
 

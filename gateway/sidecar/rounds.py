@@ -5,11 +5,12 @@ the same id, or supersedes a running round with another id), the desk publishes 
 ``detect`` command through the broker pool, and the round completes on the first frame
 that ``protocol.classify`` calls a valid answer for exactly that round. When the last
 caller leaves (answer, IDP error, deadline, cancellation) the desk publishes ``timeout``
-once, so the IDP stops evaluating the stream.
+once, so the IDP stops evaluating the stream. When the active broker changes while a
+round waits, its ``detect`` is published again on the new broker under the same round id.
 
-Commands leave through one ordered queue, so a round's ``timeout`` always goes out
-before the next round's ``detect``. When the active broker changes while a round waits,
-its ``detect`` is published again on the new broker under the same round id.
+The desk is the state machine and the waiting; its helpers each own one job: the round
+and outcome types (``round_state``), how a frame meets the round (``round_frames``), and
+the ordered command queue that publishes through the pool (``round_commands``).
 """
 
 from __future__ import annotations
@@ -18,14 +19,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-from opentelemetry import context as otel_context
-from opentelemetry import metrics, propagate, trace
+from opentelemetry import metrics, trace
 from opentelemetry.trace import Status, StatusCode
 
-from gateway.config import TableConfig
 from gateway.drops import Drops
 from gateway.errors import (
     DetectTimeout,
@@ -34,24 +32,17 @@ from gateway.errors import (
     InvalidRequest,
     NoBrokerAvailable,
     RoundSuperseded,
-    raise_if_cancelled,
 )
-from gateway.protocol import (
-    Answer,
-    Foreign,
-    Frame,
-    IdpFailure,
-    Invalid,
-    NotYet,
-    Result,
-    check_round_id,
-    check_stream_url,
-    classify,
-    encode_detect,
-    encode_timeout,
-)
-from gateway.sidecar.brokers import PublishReceipt
-from gateway.sidecar.election import Decision
+from gateway.protocol import Invalid, check_round_id, check_stream_url, classify
+from gateway.sidecar import round_frames
+from gateway.sidecar.round_commands import CommandBus, CommandQueue
+from gateway.sidecar.round_state import Counters, DetectOutcome, Round
+
+if TYPE_CHECKING:
+    from gateway.config import TableConfig
+    from gateway.sidecar.election import Decision
+
+__all__ = ["CommandBus", "Counters", "DetectOutcome", "RoundDesk"]
 
 log = logging.getLogger(__name__)
 _tracer = trace.get_tracer(__name__)
@@ -60,97 +51,12 @@ _detects = _meter.create_counter("gateway.detects", description="Detects by outc
 _duration = _meter.create_histogram(
     "gateway.detect.duration", unit="s", description="Detect duration by outcome"
 )
-_frames = _meter.create_counter(
-    "gateway.frames", description="Response frames that were not this round's answer, by kind"
-)
 
 
 def _record(labels: dict[str, str], outcome: str, started: float) -> None:
     attributes = {**labels, "outcome": outcome}
     _detects.add(1, attributes)
     _duration.record(time.monotonic() - started, attributes)
-
-
-class CommandBus(Protocol):
-    """What the desk needs from the broker pool."""
-
-    async def publish(self, topic: str, payload: bytes, qos: int = 1) -> PublishReceipt: ...
-
-    def decision(self) -> Decision: ...
-
-
-@dataclass
-class Counters:
-    """Totals since start, for Health and statistics."""
-
-    detects_ok: int = 0
-    detects_timed_out: int = 0
-    detects_failed: int = 0
-    detects_aborted: int = 0
-    detects_unavailable: int = 0
-    idp_errors: int = 0
-    stale_frames: int = 0
-    invalid_frames: int = 0
-    not_yet_frames: int = 0
-    duplicate_frames: int = 0
-
-
-@dataclass(frozen=True)
-class DetectOutcome:
-    """A validated result the IDP sent for this round, and how it got here."""
-
-    round_id: str
-    result: Result
-    broker_id: str
-    epoch: int
-    elapsed_ms: float
-    frames_seen: int
-    publishes: int
-
-
-@dataclass
-class _Tally:
-    seen: int = 0
-    invalid: int = 0
-    not_yet: int = 0
-    foreign: int = 0
-    last_invalid: str = ""
-
-    def describe(self) -> str:
-        if self.seen == 0:
-            return "saw no frame for the table"
-        parts = [f"saw {self.seen} frame(s)"]
-        if self.not_yet:
-            parts.append(f"{self.not_yet} not-yet (err -1 or empty)")
-        if self.invalid:
-            parts.append(f"{self.invalid} invalid (last: {self.last_invalid})")
-        if self.foreign:
-            parts.append(f"{self.foreign} for other rounds")
-        return ", ".join(parts)
-
-
-@dataclass(eq=False)
-class _Round:
-    round_id: str
-    input_url: str
-    output_url: str | None
-    future: asyncio.Future[tuple[Answer, str]]
-    started: float = field(default_factory=time.monotonic)
-    waiters: int = 0
-    publishes: int = 0
-    published_on: str | None = None
-    epoch: int = 0
-    closed: bool = False
-    timeout_owed: bool = False  # closed while its detect was still being published
-    republish_queued: bool = False
-    tally: _Tally = field(default_factory=_Tally)
-    trace_context: otel_context.Context = field(default_factory=otel_context.get_current)
-
-
-@dataclass(frozen=True)
-class _Command:
-    kind: str  # "detect" | "timeout"
-    round: _Round
 
 
 class RoundDesk:
@@ -167,14 +73,12 @@ class RoundDesk:
         self.table = table
         self.counters = Counters()
         self._drops = drops or Drops()
-        self._bus = bus
         self._on_busy_change = on_busy_change
-        self._current: _Round | None = None
+        self._current: Round | None = None
         self._answered: str | None = None  # the last round that got its answer
-        self._queue: asyncio.Queue[_Command] = asyncio.Queue()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._decision_changed = asyncio.Event()
+        self._commands = CommandQueue(bus, lambda: self.table, published=self.on_decision)
 
     @property
     def busy(self) -> bool:
@@ -263,7 +167,7 @@ class RoundDesk:
         elif isinstance(exc, NoBrokerAvailable):
             self.counters.detects_unavailable += 1
 
-    def _open(self, round_id: str, input_url: str | None, output_url: str | None) -> _Round:
+    def _open(self, round_id: str, input_url: str | None, output_url: str | None) -> Round:
         check_round_id(round_id)
         input_url = input_url or self.table.input_url
         if not input_url:
@@ -289,21 +193,21 @@ class RoundDesk:
             )
             # The new detect replaces the old one at the IDP: no timeout for the old round.
             self._close(cur, send_timeout=False)
-        rnd = _Round(round_id, input_url, output_url, asyncio.get_running_loop().create_future())
+        rnd = Round(round_id, input_url, output_url, asyncio.get_running_loop().create_future())
         self._current = rnd
         self._idle.clear()
-        self._queue.put_nowait(_Command("detect", rnd))
+        self._commands.put("detect", rnd)
         self._on_busy_change()
         return rnd
 
-    def _close(self, rnd: _Round, *, send_timeout: bool = True) -> None:
+    def _close(self, rnd: Round, *, send_timeout: bool = True) -> None:
         rnd.closed = True
         if not rnd.future.done():
             rnd.future.cancel()
         elif not rnd.future.cancelled() and rnd.future.exception() is None:
             self._answered = rnd.round_id
         if send_timeout and rnd.publishes > 0:
-            self._queue.put_nowait(_Command("timeout", rnd))
+            self._commands.put("timeout", rnd)
         elif send_timeout:
             rnd.timeout_owed = True  # the worker sends it if the detect gets out after all
         if self._current is rnd:
@@ -324,54 +228,16 @@ class RoundDesk:
             rnd.round_id if rnd else "",
             baccarat_tableau=self.table.baccarat_tableau,
         )
-        kind = self._apply(rnd, frame, broker_id)
+        kind = round_frames.settle(rnd, frame, broker_id, self._answered)
         if kind is None:
             return
-        field_name = f"{kind}_frames"
-        setattr(self.counters, field_name, getattr(self.counters, field_name) + 1)
-        _frames.add(1, {"table": self.table.code, "kind": kind})
+        round_frames.count(self.counters, kind, self.table.code)
         if isinstance(frame, Invalid):
             self._drops.add("frame", f"broker {broker_id} topic {topic}", payload, frame.reason)
 
-    def _apply(self, rnd: _Round | None, frame: Frame, broker_id: str) -> str | None:
-        """Complete the round if ``frame`` is its answer; else say what kind of frame it is."""
-        answered = (
-            isinstance(frame, Foreign | Answer | IdpFailure) and frame.round_id == self._answered
-        )
-        if rnd is None:
-            if answered:
-                return "duplicate"
-            if isinstance(frame, Invalid | NotYet):
-                return "invalid" if isinstance(frame, Invalid) else "not_yet"
-            return "stale"
-        rnd.tally.seen += 1
-        if isinstance(frame, Answer | IdpFailure):
-            if rnd.future.done():
-                return "duplicate"
-            if isinstance(frame, Answer):
-                rnd.future.set_result((frame, broker_id))
-            else:
-                rnd.future.set_exception(
-                    IdpError(
-                        f"IDP reported error {frame.code} {frame.name} for round {rnd.round_id}",
-                        code=frame.code,
-                        name=frame.name,
-                    )
-                )
-            return None
-        if isinstance(frame, NotYet):
-            rnd.tally.not_yet += 1
-            return "not_yet"
-        if isinstance(frame, Foreign):
-            rnd.tally.foreign += 1
-            return "duplicate" if answered else "stale"
-        rnd.tally.invalid += 1
-        rnd.tally.last_invalid = frame.reason
-        return "invalid"
-
     def on_decision(self, decision: Decision) -> None:
         """The active broker changed: re-publish a waiting round's detect on it."""
-        self._decision_changed.set()
+        self._commands.decision_changed()
         rnd = self._current
         if (
             decision.broker_id is not None
@@ -388,7 +254,7 @@ class RoundDesk:
                 decision.broker_id,
             )
             rnd.republish_queued = True
-            self._queue.put_nowait(_Command("detect", rnd))
+            self._commands.put("detect", rnd)
 
     def late_command(self, broker_id: str, topic: str, payload: bytes) -> None:
         """A command sent on a broker before it hung reached the IDP late, or may have: it
@@ -403,104 +269,17 @@ class RoundDesk:
             log.warning("round %s: a command delivered late by %s may have disturbed the "
                         "IDP; publishing detect again", rnd.round_id, broker_id)  # fmt: skip
             rnd.republish_queued = True
-            self._queue.put_nowait(_Command("detect", rnd))
+            self._commands.put("detect", rnd)
         elif rnd is None and self._answered is not None and b'"detect"' in payload:
             log.warning("a detect delivered late by %s restarted the IDP; stopping it again",
                         broker_id)  # fmt: skip
-            self._queue.put_nowait(_Command("timeout", _Round(
+            self._commands.put("timeout", Round(
                 self._answered, "", None, asyncio.get_running_loop().create_future(),
                 publishes=1, closed=True,
-            )))  # fmt: skip
+            ))  # fmt: skip
 
     # --- commands out -----------------------------------------------------------------
 
     async def run(self) -> None:
         """Publish queued commands in order, until cancelled."""
-        while True:
-            raise_if_cancelled()
-            command = await self._queue.get()
-            try:
-                await self._execute(command)
-            except Exception as exc:  # one command fails, never the queue behind it
-                log.exception("round %s: %s command failed", command.round.round_id, command.kind)
-                rnd = command.round
-                if command.kind == "detect" and not rnd.closed and not rnd.future.done():
-                    rnd.future.set_exception(
-                        NoBrokerAvailable(
-                            f"could not publish detect for round {rnd.round_id}: "
-                            f"{type(exc).__name__}: {exc}"
-                        )
-                    )
-
-    async def _execute(self, command: _Command) -> None:
-        rnd = command.round
-        with _tracer.start_as_current_span(
-            f"gateway.publish {command.kind}",
-            context=rnd.trace_context,
-            attributes={"table": self.table.code, "round_id": rnd.round_id},
-        ) as span:
-            if command.kind == "detect":
-                await self._publish_detect(rnd)
-            else:
-                await self._publish_timeout(rnd)
-            span.set_attributes({"broker": rnd.published_on or "", "epoch": rnd.epoch})
-
-    async def _publish_detect(self, rnd: _Round) -> None:
-        rnd.republish_queued = False
-        t = self.table
-        carrier: dict[str, str] = {}
-        if t.trace_context_in_command:
-            propagate.inject(carrier)  # the current span: this round's "publish detect"
-        payload = encode_detect(t.game, rnd.round_id, rnd.input_url, rnd.output_url, carrier)
-        last: NoBrokerAvailable | None = None
-        for attempt in range(1, t.retry_count + 1):
-            if rnd.closed or rnd.future.done():
-                return
-            tried = self._bus.decision().broker_id
-            try:
-                receipt = await self._bus.publish(t.command_topic, payload)
-            except NoBrokerAvailable as exc:
-                last = exc
-                log.info("round %s: publish attempt %d failed: %s", rnd.round_id, attempt, exc)
-                if attempt < t.retry_count:
-                    await self._wait_for_broker(t.retry_delay_s, tried)
-                continue
-            rnd.publishes += 1
-            rnd.published_on, rnd.epoch = receipt.broker_id, receipt.epoch
-            log.debug("round %s: detect published on %s", rnd.round_id, receipt.broker_id)
-            if rnd.timeout_owed:  # its caller left while the detect was on its way
-                rnd.timeout_owed = False
-                await self._publish_timeout(rnd)
-            # The broker may have died (and the active one changed) while its PUBACK was
-            # on the way: on_decision could not re-publish a round not yet marked published.
-            self.on_decision(self._bus.decision())
-            return
-        if not rnd.closed and not rnd.future.done():
-            rnd.future.set_exception(
-                NoBrokerAvailable(
-                    f"could not publish detect for round {rnd.round_id} after "
-                    f"{t.retry_count} attempt(s): {last}"
-                )
-            )
-
-    async def _wait_for_broker(self, delay: float, tried: str | None) -> None:
-        """Sleep ``delay``, or less once a broker is active again after the failure."""
-        deadline = time.monotonic() + delay
-        changed = False
-        while True:
-            current = self._bus.decision().broker_id
-            if current is not None and (changed or current != tried):
-                return
-            self._decision_changed.clear()
-            try:
-                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
-                    await self._decision_changed.wait()
-            except TimeoutError:
-                return
-            changed = True
-
-    async def _publish_timeout(self, rnd: _Round) -> None:
-        try:
-            await self._bus.publish(self.table.command_topic, encode_timeout())
-        except NoBrokerAvailable as exc:
-            log.warning("round %s: could not publish timeout: %s", rnd.round_id, exc)
+        await self._commands.run()

@@ -1,43 +1,48 @@
 """The gRPC edge: ``GatewayService`` (proto <-> domain, errors <-> status) and health.
 
-Thin on purpose: the round logic lives in ``detect.py``, the broker logic in
-``brokers.py``. Every GatewayError maps to its gRPC status here, in one place, with
-trailing metadata naming the error (and the IDP code for IDP errors). One summary log
-line per Detect.
+Thin on purpose: the round logic lives in ``rounds.py``, the broker logic in
+``brokers.py``. Every GatewayError maps to its gRPC status here, in one place
+(``abort_on_error``, around every servicer method), with trailing metadata naming the
+error (and the IDP code for IDP errors). One summary log line per Detect.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
-from gateway.config import GatewayConfig
 from gateway.drops import Drops
 from gateway.errors import (
     DetectTimeout,
     Exhausted,
     GatewayError,
     IdpError,
+    InvalidRequest,
     ShakeTimeout,
     Unavailable,
 )
-from gateway.fleet.stats import SidecarStats, totals
+from gateway.fleet.stats import totals
 from gateway.protocol import BaccaratHand, Game, RouletteNumber, SicBoDice
-from gateway.sidecar.brokers import BrokerPool
-from gateway.sidecar.election import Decision, LinkState, LinkStatus
-from gateway.sidecar.rounds import Counters, DetectOutcome, RoundDesk
-from gateway.sidecar.shaker import ShakeParams, Shaker
+from gateway.sidecar.election import LinkState
+from gateway.sidecar.health_verdict import overall_status
+from gateway.sidecar.shaker import ShakeParams
 from gateway.sidecar.supervise import Supervisor
-from gateway.sidecar.topics import TopicHub
 from gateway.v1 import gateway_pb2 as pb
 from gateway.v1 import gateway_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.fleet.stats import SidecarStats
+    from gateway.sidecar.brokers import BrokerPool
+    from gateway.sidecar.rounds import Counters, DetectOutcome, RoundDesk
+    from gateway.sidecar.shaker import Shaker
+    from gateway.sidecar.topics import TopicHub
 
 log = logging.getLogger(__name__)
 
@@ -57,49 +62,6 @@ _STATE_TO_PROTO = {
 }
 
 
-@dataclass(frozen=True)
-class Overall:
-    """The sidecar's overall status and why."""
-
-    status: pb.HealthResponse.Status.ValueType
-    reason: str
-
-    @property
-    def serving(self) -> bool:
-        return bool(self.status != pb.HealthResponse.NOT_SERVING)
-
-    @property
-    def grpc_health(self) -> int:
-        if self.serving:
-            return int(health_pb2.HealthCheckResponse.SERVING)
-        return int(health_pb2.HealthCheckResponse.NOT_SERVING)
-
-
-def overall_status(
-    links: Sequence[LinkStatus], decision: Decision, problems: Sequence[str] = ()
-) -> Overall:
-    """NOT_SERVING without an active broker; DEGRADED if anything needs attention."""
-    if decision.broker_id is None:
-        return Overall(pb.HealthResponse.NOT_SERVING, decision.reason)
-    if not any(s.ready for s in links):
-        return Overall(pb.HealthResponse.NOT_SERVING, "no broker is ready")
-    notes = list(problems)
-    active = next((s for s in links if s.id == decision.broker_id), None)
-    if active is None or not active.ready:
-        notes.insert(0, f"active broker {decision.broker_id} is not reachable from this sidecar")
-    down = [
-        f"{s.id} {s.state}" + (f" ({s.last_error})" if s.last_error else "")
-        for s in links
-        if not s.ready and s is not active
-    ]
-    if down:
-        notes.append(f"not ready: {'; '.join(down)}")
-    head = f"active {decision.broker_id} (epoch {decision.epoch}): {decision.reason}"
-    if notes:
-        return Overall(pb.HealthResponse.DEGRADED, f"{head}; " + "; ".join(notes))
-    return Overall(pb.HealthResponse.SERVING, head)
-
-
 def detect_wait(table_timeout_s: float, remaining_s: float | None) -> float:
     """How long a Detect waits: the table's timeout, shortened by the caller's deadline
     (less the margin), never lengthened by it. A deadline that leaves no time at all is
@@ -115,6 +77,7 @@ def detect_wait(table_timeout_s: float, remaining_s: float | None) -> float:
 
 
 def result_to_proto(outcome: DetectOutcome, config: GatewayConfig) -> pb.DetectResponse:
+    """A Detect's validated result as the wire response, with the game's result filled in."""
     response = pb.DetectResponse(
         round_id=outcome.round_id,
         broker_id=outcome.broker_id,
@@ -136,10 +99,12 @@ def result_to_proto(outcome: DetectOutcome, config: GatewayConfig) -> pb.DetectR
 
 
 def counters_to_proto(c: Counters) -> pb.Counters:
+    """The desk's totals as the wire message (the field names are the same)."""
     return pb.Counters(**vars(c))
 
 
 def stats_to_proto(s: SidecarStats) -> pb.SidecarStats:
+    """One sidecar's statistics as the wire message; counters this build lacks are left out."""
     return pb.SidecarStats(
         instance_id=s.instance_id,
         table_code=s.table_code,
@@ -154,6 +119,18 @@ def stats_to_proto(s: SidecarStats) -> pb.SidecarStats:
 
 
 _COUNTER_FIELDS = frozenset(pb.Counters.DESCRIPTOR.fields_by_name)
+
+
+@contextlib.asynccontextmanager
+async def abort_on_error(context: grpc.aio.ServicerContext[object, object]) -> AsyncIterator[None]:
+    """End the call with the status a GatewayError carries, its message and its metadata.
+
+    The one place errors become gRPC statuses: every servicer method runs inside it."""
+    try:
+        yield
+    except GatewayError as exc:
+        await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
+        raise  # abort() raises; this line is never reached
 
 
 class GatewayService(pb_grpc.GatewayServiceServicer):
@@ -186,6 +163,13 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
         self.config_error: Callable[[], str] = lambda: ""  # set by the reloader's owner
 
     async def Detect(
+        self, request: pb.DetectRequest, context: grpc.aio.ServicerContext[object, object]
+    ) -> pb.DetectResponse:
+        """Wait for the IDP's validated result for one round; one summary log line."""
+        async with abort_on_error(context):
+            return await self._detect(request, context)
+
+    async def _detect(
         self, request: pb.DetectRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.DetectResponse:
         table = self._desk.table
@@ -235,8 +219,7 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
                 (time.monotonic() - started) * 1000,
                 exc.message,
             )
-            await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
-            raise  # abort() raises; this line is never reached
+            raise  # abort_on_error ends the call with the error's status
         finally:
             if outcome_name == "cancelled":
                 log.info(
@@ -248,70 +231,77 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
     async def Shake(
         self, request: pb.ShakeRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.ShakeResponse:
+        """Run one shaker cycle and wait until the shaker is idle again."""
         # The optional fields the caller set; the others keep the studio's usual cycle.
         given: dict[str, Any] = {f.name: value for f, value in request.ListFields()}
-        try:
-            params = ShakeParams(**given)
-            remaining = context.time_remaining()
-            limit = None if remaining is None else remaining - DEADLINE_MARGIN_S
-            if limit is not None and limit <= 0:
-                raise ShakeTimeout(
-                    f"the call's deadline ({remaining * 1000:.0f} ms) leaves no time for a "
-                    f"shake; nothing was sent to the shaker"
-                )
-            outcome = await self._shaker.shake(params, limit)
-        except GatewayError as exc:
-            log.info("shake table=%s outcome=%s: %s", self.config.table.code,
-                     type(exc).__name__, exc.message)  # fmt: skip
-            await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
-            raise  # abort() raises; this line is never reached
-        return pb.ShakeResponse(
-            states=outcome.states,
-            elapsed_ms=outcome.elapsed_s * 1000,
-            broker_id=outcome.broker_id,
-            budget_s=outcome.budget_s,
-        )
+        async with abort_on_error(context):
+            try:
+                params = ShakeParams(**given)
+                remaining = context.time_remaining()
+                limit = None if remaining is None else remaining - DEADLINE_MARGIN_S
+                if limit is not None and limit <= 0:
+                    raise ShakeTimeout(
+                        f"the call's deadline ({remaining * 1000:.0f} ms) leaves no time for a "
+                        f"shake; nothing was sent to the shaker"
+                    )
+                outcome = await self._shaker.shake(params, limit)
+            except GatewayError as exc:
+                log.info("shake table=%s outcome=%s: %s", self.config.table.code,
+                         type(exc).__name__, exc.message)  # fmt: skip
+                raise  # abort_on_error ends the call with the error's status
+            return pb.ShakeResponse(
+                states=outcome.states,
+                elapsed_ms=outcome.elapsed_s * 1000,
+                broker_id=outcome.broker_id,
+                budget_s=outcome.budget_s,
+            )
 
     async def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> AsyncIterator[pb.TopicMessage]:
-        configured = sorted(self._hub.topics)
-        if len(request.topics) > MAX_SUBSCRIBE_TOPICS:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{len(request.topics)} topics asked for; at most {MAX_SUBSCRIBE_TOPICS}",
-            )
-        topics = list(dict.fromkeys(request.topics)) or configured
-        unknown = [t for t in topics if t not in self._hub.topics]
-        if unknown or not topics:
-            have = ", ".join(configured) or "none (no shaker, no subscribe_topics)"
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"topics not configured for table {self.config.table.code}: "
-                f"{', '.join(unknown)}; configured: {have}",
-            )
-        if self._hub.full():
-            exc = Exhausted(f"too many streams on this sidecar; {self._hub.limit_text()}")
-            await context.abort(exc.status, exc.message, trailing_metadata=exc.trailing_metadata())
-        async with self._hub.listen(topics) as listener:
-            await context.send_initial_metadata((("subscribed", ",".join(topics)),))
-            async for m in listener:
-                yield pb.TopicMessage(
-                    topic=m.topic,
-                    payload=m.payload,
-                    broker_id=m.broker_id,
-                    received_unix=m.received_unix,
-                    sequence=m.sequence,
+        """Stream the messages of the table's extra topics (shaker, subscribe_topics)."""
+        async with abort_on_error(context):
+            configured = sorted(self._hub.topics)
+            if len(request.topics) > MAX_SUBSCRIBE_TOPICS:
+                raise InvalidRequest(
+                    f"{len(request.topics)} topics asked for; at most {MAX_SUBSCRIBE_TOPICS}"
                 )
+            topics = list(dict.fromkeys(request.topics)) or configured
+            unknown = [t for t in topics if t not in self._hub.topics]
+            if unknown or not topics:
+                have = ", ".join(configured) or "none (no shaker, no subscribe_topics)"
+                raise InvalidRequest(
+                    f"topics not configured for table {self.config.table.code}: "
+                    f"{', '.join(unknown)}; configured: {have}"
+                )
+            if self._hub.full():
+                raise Exhausted(f"too many streams on this sidecar; {self._hub.limit_text()}")
+            async with self._hub.listen(topics) as listener:
+                await context.send_initial_metadata((("subscribed", ",".join(topics)),))
+                async for m in listener:
+                    yield pb.TopicMessage(
+                        topic=m.topic,
+                        payload=m.payload,
+                        broker_id=m.broker_id,
+                        received_unix=m.received_unix,
+                        sequence=m.sequence,
+                    )
 
     async def Health(
         self, request: pb.HealthRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.HealthResponse:
-        return self.health()
+        """The sidecar's health in detail: brokers, election, counters, loops."""
+        async with abort_on_error(context):
+            return self.health()
 
     async def GetStats(
         self, request: pb.StatsRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> pb.StatsResponse:
+        """This sidecar's statistics and, if asked, the fleet's from the shared store."""
+        async with abort_on_error(context):
+            return await self._stats(request)
+
+    async def _stats(self, request: pb.StatsRequest) -> pb.StatsResponse:
         response = pb.StatsResponse(
             local=stats_to_proto(self._snapshot()), broker_group=self.config.broker_group
         )
@@ -330,6 +320,7 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
         return response
 
     def health(self) -> pb.HealthResponse:
+        """The Health response right now (the Health RPC, and tests in-process)."""
         links = self._pool.statuses()
         decision = self._pool.decision()
         election = self._pool.election_status()

@@ -63,9 +63,11 @@ class ShakeParams:
 
     @property
     def budget_s(self) -> float:
+        """How long the cycle may take before the shake counts as timed out."""
         return self.duration_s + MARGIN_S
 
     def command(self) -> bytes:
+        """The cycle as the shaker's command payload."""
         return (
             f"/cycle/?pattern={self.pattern}&parameter1={self.parameter1}"
             f"&parameter2={self.parameter2}&amplitude={self.amplitude:g}"
@@ -75,6 +77,8 @@ class ShakeParams:
 
 @dataclass(frozen=True)
 class ShakeOutcome:
+    """A completed shake: the states the shaker went through, and how long it took."""
+
     states: tuple[str, ...]
     elapsed_s: float
     broker_id: str

@@ -115,12 +115,15 @@ class SharedElector:
     # --- the Elector interface ------------------------------------------------------
 
     def current(self) -> Decision:
+        """The active broker the shared record names (or the local fallback's choice)."""
         return self._decision
 
     def add_listener(self, callback: Callable[[Decision], None]) -> None:
+        """Call ``callback`` with every new decision."""
         self._listeners.append(callback)
 
     def update(self, links: Sequence[LinkStatus], busy: bool) -> None:
+        """The links or the round changed: report the view, adopt a deferred record."""
         view = tuple((s.id, s.ready) for s in links)
         changed, self._view_key = view != self._view_key, view
         self._links, self._busy = links, busy
@@ -133,6 +136,7 @@ class SharedElector:
             self._local_fallback()
 
     def status(self) -> ElectionStatus:
+        """How the shared election stands, with the problems Health should show."""
         if not self._reachable:
             return ElectionStatus(
                 f"unreachable: {self._error}",

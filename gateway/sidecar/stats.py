@@ -34,6 +34,7 @@ def take_snapshot(
     counters: Counters,
     config_error: str = "",
 ) -> SidecarStats:
+    """One sidecar's statistics at this moment, in the shape the fleet view stores."""
     return SidecarStats(
         instance_id=instance_id,
         table_code=table_code,
@@ -108,6 +109,7 @@ class StatsWriter:
         self.writes += 1
 
     async def run(self) -> None:
+        """Write the snapshot every ``interval_s`` until cancelled; errors go to ``on_error``."""
         from redis.exceptions import RedisError
 
         while True:

@@ -70,6 +70,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, trace ids (+ exception)."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record as one JSON line."""
         doc: dict[str, object] = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
@@ -91,6 +92,7 @@ class TextFormatter(logging.Formatter):
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
+        """The usual line, plus the trace ids when a span is recording."""
         line = super().formatMessage(record)
         if ids := _trace_ids():
             line += f" trace_id={ids[0]} span_id={ids[1]}"

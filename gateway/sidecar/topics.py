@@ -32,6 +32,8 @@ _dropped = metrics.get_meter(__name__).create_counter(
 
 @dataclass(frozen=True)
 class TopicMessage:
+    """One message on a subscribed topic, as a Subscribe stream sends it."""
+
     topic: str
     payload: bytes
     broker_id: str
@@ -104,6 +106,7 @@ class TopicHub:
         return len(self._listeners) >= MAX_LISTENERS
 
     def limit_text(self) -> str:
+        """The listener limit in words, for the RESOURCE_EXHAUSTED message."""
         return f"{len(self._listeners)} listen already, at most {MAX_LISTENERS}; retry later"
 
     def close(self) -> None:
@@ -112,6 +115,7 @@ class TopicHub:
             listener._end()
 
     def on_message(self, broker_id: str, topic: str, payload: bytes) -> None:
+        """A message a broker heard: offer it to every listener of its topic."""
         message = TopicMessage(topic, payload, broker_id, time.time())
         for listener in self._listeners:
             if topic in listener.topics:

@@ -60,6 +60,8 @@ class WebhookServer(kopf.WebhookServer):
     """
 
     async def __call__(self, fn: Any) -> AsyncIterator[Any]:
+        """Serve the admission webhook for kopf, answering each request with ``fn``."""
+
         async def with_namespace(request: Any, **kwargs: Any) -> Any:
             try:
                 payload = webhook.admission_request(request)
@@ -77,6 +79,7 @@ class WebhookServer(kopf.WebhookServer):
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    """Read the operator's settings from the environment and configure kopf with them."""
     try:
         runtime.settings = settings_mod.from_env(os.environ)
     except ConfigError as exc:
@@ -126,6 +129,7 @@ def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def close(**_: Any) -> None:
+    """Close the API and Redis clients when the operator stops."""
     if runtime.api is not None:
         await runtime.api.aclose()
     if runtime.redis is not None:

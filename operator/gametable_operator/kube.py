@@ -61,6 +61,7 @@ class KubeApi:
         return self._session
 
     async def aclose(self) -> None:
+        """Close the HTTP session."""
         if self._session is not None:
             await self._session.close()
 
@@ -95,12 +96,15 @@ class KubeApi:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``, or None if it does not exist."""
         return await self.request("GET", path)
 
     async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Create ``body`` in the collection at ``path``; the stored object."""
         return await self.request("POST", path, body) or {}
 
     async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Apply a JSON merge patch to the object at ``path``; the stored object."""
         return await self.request("PATCH", path, body) or {}
 
 

@@ -17,7 +17,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from gateway.config import ConfigError, GatewayConfig, parse_config
+from gateway.config import (
+    DEFAULT_BROKER_PORT,
+    DEFAULT_BROKER_PRIORITY,
+    ConfigError,
+    GatewayConfig,
+    parse_config,
+)
 
 # The one name imported beyond the config model: the error parse_config raises.
 
@@ -217,8 +223,8 @@ def _broker(b: Any, i: int) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "id": broker_id,
         "host": b.get("host"),
-        "port": b.get("port", 1883),
-        "priority": b.get("priority", 1),
+        "port": b.get("port", DEFAULT_BROKER_PORT),
+        "priority": b.get("priority", DEFAULT_BROKER_PRIORITY),
         "credentials_dir": f"{BROKERS_DIR}/{broker_id}",
     }
     if b.get("tls") is not None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.config import ConfigError
+from gateway.config import DEFAULT_HEALTH_PORT, DEFAULT_PORT, ConfigError
 
 ENV_PREFIX = "GATEWAY_OPERATOR_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -54,6 +54,8 @@ class SidecarDefaults:
 
 @dataclass(frozen=True)
 class OperatorSettings:
+    """What the operator watches and serves, read once from its environment."""
+
     namespaces: tuple[str, ...] = ()
     liveness: str = "http://0.0.0.0:8080/healthz"
     webhook_port: int = 9443
@@ -130,7 +132,7 @@ def _parse_sidecar(text: str, where: str) -> SidecarDefaults:
         raise ConfigError(f"{where}.imagePullPolicy: one of {', '.join(PULL_POLICIES)}")
     if sidecar.log_level.upper() not in LOG_LEVELS:
         raise ConfigError(f"{where}.logLevel: one of {', '.join(LOG_LEVELS)}")
-    if sidecar.metrics_port in (50051, 50052):
+    if sidecar.metrics_port in (DEFAULT_PORT, DEFAULT_HEALTH_PORT):
         raise ConfigError(f"{where}.metricsPort: {sidecar.metrics_port} is the sidecar's gRPC port")
     return sidecar
 

@@ -38,6 +38,7 @@ class Observed:
     record_problem: str = ""  # the stored record is unusable (the sidecars replace it)
 
     def applied(self, generation: int) -> int:
+        """How many live sidecars run the configuration of ``generation``."""
         return sum(1 for s in self.sidecars if s.config_generation == generation)
 
 
@@ -52,6 +53,8 @@ class Rendered:
 
 @dataclass(frozen=True)
 class Condition:
+    """One entry of a GameTable's ``status.conditions``."""
+
     type: str
     status: str  # "True", "False", "Unknown"
     reason: str

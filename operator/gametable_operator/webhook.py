@@ -30,12 +30,13 @@ from gametable_operator.render import (
     SECRETS_DIR,
 )
 from gametable_operator.settings import SidecarDefaults
+from gateway.config import DEFAULT_ADDRESS, DEFAULT_HEALTH_PORT
 
 LABEL = f"{GROUP}/gametable"
 INJECTED = f"{GROUP}/sidecar"
 CONTAINER = "gateway"
-DETECT_ADDRESS = "127.0.0.1:50051"
-HEALTH_PORT = 50052
+DETECT_ADDRESS = DEFAULT_ADDRESS
+HEALTH_PORT = DEFAULT_HEALTH_PORT
 UID = 65532
 CONFIG_VOLUME = "gateway-config"
 SECRETS_VOLUME = "gateway-secrets"

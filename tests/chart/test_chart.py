@@ -549,7 +549,7 @@ def test_helm_test_scripts_compile(rendered: dict[str, list[Doc]]) -> None:
 def _instrument_names() -> set[str]:
     """The gateway's OpenTelemetry instrument names, normalised (dots and underscores dropped)."""
     names = set()
-    for path in (ROOT / "gateway").glob("*.py"):
+    for path in (ROOT / "gateway").rglob("*.py"):
         names |= set(re.findall(r'"(gateway\.[a-z_.]+)"', path.read_text()))
     return {n.replace(".", "").replace("_", "") for n in names}
 

@@ -6,7 +6,7 @@ from itertools import count
 
 import pytest
 
-from gateway.client import DetectTimeout
+from gateway.client import RoundTimedOut
 from gateway.devtools.sandbox import MosquittoProcess
 from gateway.devtools.sim import derive_result
 from gateway.protocol import BaccaratHand
@@ -80,7 +80,7 @@ async def test_a_third_card_after_a_natural_is_never_a_result(broker: MosquittoP
     """A device that deals a third card after a natural gets no result, and the frame counts."""
     async with Stack([broker], "baccarat") as s:
         s.behave(result=["9H", "KD", "KS", "2C", "5D", ""], deal=False)
-        with pytest.raises(DetectTimeout) as info:
+        with pytest.raises(RoundTimedOut) as info:
             await s.client.detect("BAC-001-natural", deadline_s=0.6)
         assert "1 invalid" in (info.value.details() or "")
         assert "third card after a natural" in (info.value.details() or "")
@@ -94,7 +94,7 @@ async def test_a_banker_card_before_the_players_is_never_a_result(
     """A banker third card while the player's is due is invalid, after two not-yet stages."""
     async with Stack([broker], "baccarat") as s:
         s.behave(result=["2D", "KS", "3H", "KC", "", "5D"], delay_s=0.1)
-        with pytest.raises(DetectTimeout):
+        with pytest.raises(RoundTimedOut):
             await s.client.detect("BAC-001-early-banker", deadline_s=0.8)
         c = (await s.client.health()).counters
         assert (c.not_yet_frames, c.invalid_frames, c.detects_ok) == (2, 1, 0)

@@ -14,14 +14,14 @@ import pytest
 
 from gateway.client import (
     BaccaratHand,
-    DetectTimeout,
     GatewayClient,
     GatewayUnavailable,
-    IdpError,
+    IdpFailed,
     InvalidRound,
     NotReady,
     RetryPolicy,
     RouletteNumber,
+    RoundTimedOut,
     SicBoDice,
     SyncGatewayClient,
 )
@@ -87,10 +87,10 @@ async def test_detect_returns_the_games_typed_result(
 
 
 async def test_idp_error_carries_the_idp_code(broker: MosquittoProcess) -> None:
-    """err -3 from the IDP raises IdpError with idp_code "-3" and name NO_SHAKE."""
+    """err -3 from the IDP raises IdpFailed with idp_code "-3" and name NO_SHAKE."""
     async with Stack([broker], "sicbo") as s, GatewayClient(s.sidecar.address) as client:
         s.behave(answer="error", err=-3)
-        with pytest.raises(IdpError) as info:
+        with pytest.raises(IdpFailed) as info:
             await client.detect("SBO-001-sdk-err", deadline_s=5)
         err = info.value
         assert (err.idp_code, err.idp_name) == ("-3", "NO_SHAKE")
@@ -108,7 +108,7 @@ async def test_bad_round_id_is_invalid_round(broker: MosquittoProcess) -> None:
 
 
 async def test_silence_is_detect_timeout_and_never_retried(broker: MosquittoProcess) -> None:
-    """No answer in time raises DetectTimeout after exactly one attempt."""
+    """No answer in time raises RoundTimedOut after exactly one attempt."""
     seen = DetectAttempts()
     async with (
         Stack([broker], "roulette", interceptors=[seen]) as s,
@@ -116,7 +116,7 @@ async def test_silence_is_detect_timeout_and_never_retried(broker: MosquittoProc
     ):
         s.behave(answer="silence")
         started = time.monotonic()
-        with pytest.raises(DetectTimeout) as info:
+        with pytest.raises(RoundTimedOut) as info:
             await client.detect("ARO-001-sdk-silent", deadline_s=0.5)
         assert time.monotonic() - started < 2
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
@@ -227,7 +227,7 @@ async def test_sync_client_from_four_threads_at_once(broker: MosquittoProcess) -
 
 
 async def test_sync_client_raises_the_same_errors(broker: MosquittoProcess) -> None:
-    """The sync facade raises IdpError like the async client, and refuses calls once closed."""
+    """The sync facade raises IdpFailed like the async client, and refuses calls once closed."""
     async with Stack([broker], "sicbo") as s:
         s.behave(answer="error", err=-3)
 
@@ -235,7 +235,7 @@ async def test_sync_client_raises_the_same_errors(broker: MosquittoProcess) -> N
             client = SyncGatewayClient(address)
             try:
                 client.detect("SBO-001-sdk-sync-err", deadline_s=5)
-            except IdpError as exc:
+            except IdpFailed as exc:
                 code = exc.idp_code
             finally:
                 client.close()

@@ -11,7 +11,7 @@ import aiomqtt
 import pytest
 
 from gateway import compat
-from gateway.client import DetectTimeout, IdpError, NotReady
+from gateway.client import IdpFailed, NotReady, RoundTimedOut
 from gateway.compat import CompleteMQTTSystem, Environment, GameType, WrongSidecar, legacy_result
 from gateway.devtools.sandbox import MosquittoProcess, free_port
 from gateway.sidecar.app import Sidecar
@@ -66,11 +66,11 @@ async def test_silence_is_false_none_with_a_warning_naming_the_timeout(
     ):
         s.behave(answer="silence")
         assert await system.detect("ARO-001-compat-silent") == (False, None)
-        assert isinstance(system.last_detect_error, DetectTimeout)
+        assert isinstance(system.last_detect_error, RoundTimedOut)
     [record] = [r for r in caplog.records if "ARO-001-compat-silent" in r.getMessage()]
     assert record.levelno == logging.WARNING
     message = record.getMessage()
-    assert "DetectTimeout (DEADLINE_EXCEEDED)" in message and "within 0.50s" in message
+    assert "RoundTimedOut (DEADLINE_EXCEEDED)" in message and "within 0.50s" in message
     assert s.sidecar.address in message
 
 
@@ -82,9 +82,9 @@ async def test_idp_error_is_false_none_with_the_idp_code(
     async with Stack([broker], "sicbo") as s, system_for(s, GameType.SICBO) as system:
         s.behave(answer="error", err=-3)
         assert await system.detect("SBO-001-compat-noshake") == (False, None)
-        assert isinstance(system.last_detect_error, IdpError)
+        assert isinstance(system.last_detect_error, IdpFailed)
         assert system.last_detect_error.idp_code == "-3"
-    assert "IdpError (FAILED_PRECONDITION, idp err -3 NO_SHAKE)" in caplog.text
+    assert "IdpFailed (FAILED_PRECONDITION, idp err -3 NO_SHAKE)" in caplog.text
 
 
 async def test_bad_round_id_is_false_none_with_an_error(

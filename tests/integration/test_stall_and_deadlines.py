@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.client import DetectTimeout, GatewayClient
+from gateway.client import GatewayClient, RoundTimedOut
 from gateway.devtools.faultproxy import MqttFaultProxy
 from gateway.devtools.sandbox import MosquittoProcess
 from tests.integration.harness import Stack, expected, make_config, until
@@ -54,7 +54,7 @@ async def test_the_tables_timeout_bounds_a_long_caller_deadline(broker: Mosquitt
     async with Stack([broker], "roulette", timeout_s=1) as s:
         s.behave(answer="silence")
         started = time.monotonic()
-        with pytest.raises(DetectTimeout) as timed_out:
+        with pytest.raises(RoundTimedOut) as timed_out:
             await s.client.detect("ARO-001-long", deadline_s=300)
         assert time.monotonic() - started < 10
         assert "within 1.00s" in str(timed_out.value)
@@ -71,7 +71,7 @@ async def test_a_deadline_under_the_margin_is_refused_before_anything_is_publish
         s.behave(delay_s=0.5)
         first = asyncio.create_task(s.client.detect("ARO-001-first", deadline_s=5))
         await s.sim.wait_for_command(s.code, "detect", round_id="ARO-001-first")
-        with pytest.raises(DetectTimeout) as refused:
+        with pytest.raises(RoundTimedOut) as refused:
             await s.client.detect("ARO-001-hopeless", deadline_s=0.03)
         assert "nothing was published" in str(refused.value)
         d = await first

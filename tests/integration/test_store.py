@@ -60,6 +60,9 @@ async def test_store_through_sentinel_reaches_the_master(tmp_path: Path) -> None
             await client.aclose()
 
 
+# redis-py leaves the socket of a connection whose AUTH was refused to the garbage collector.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_store_with_a_password() -> None:
     """AUTH in the URL works; a wrong password is an authentication error, quickly."""
     async with RedisProcess(password="s3cret") as r:

@@ -8,11 +8,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from gateway import compat
 from gateway.client import (
     BaccaratHand,
-    DetectTimeout,
-    IdpError,
+    IdpFailed,
     RouletteNumber,
+    RoundTimedOut,
     SicBoDice,
 )
 from gateway.compat import (
@@ -23,6 +24,7 @@ from gateway.compat import (
     health_report,
     legacy_result,
     parse_payload,
+    test_broker_connection,
     topic_matches,
 )
 from gateway.compat.legacy import describe_failure
@@ -82,15 +84,15 @@ def test_topic_filters_match_as_mqtt_does(pattern: str, topic: str, matches: boo
 def test_failure_description_names_class_status_and_idp_code() -> None:
     """A failed detect's log text names the error class, gRPC status, IDP code, details."""
     meta = (("idp-err", "-3"), ("idp-err-name", "NO_SHAKE"))
-    idp = IdpError(
+    idp = IdpFailed(
         grpc.StatusCode.FAILED_PRECONDITION, "IDP said -3", target=TARGET, trailing_metadata=meta
     )
     assert describe_failure(idp) == (
-        f"IdpError (FAILED_PRECONDITION, idp err -3 NO_SHAKE) from sidecar {TARGET}: IDP said -3"
+        f"IdpFailed (FAILED_PRECONDITION, idp err -3 NO_SHAKE) from sidecar {TARGET}: IDP said -3"
     )
-    late = DetectTimeout(grpc.StatusCode.DEADLINE_EXCEEDED, "no result", target=TARGET)
+    late = RoundTimedOut(grpc.StatusCode.DEADLINE_EXCEEDED, "no result", target=TARGET)
     assert describe_failure(late) == (
-        f"DetectTimeout (DEADLINE_EXCEEDED) from sidecar {TARGET}: no result"
+        f"RoundTimedOut (DEADLINE_EXCEEDED) from sidecar {TARGET}: no result"
     )
 
 
@@ -323,3 +325,15 @@ def test_the_predecessors_file_is_read_from_config_dir(tmp_path: Path) -> None:
     assert get_config(GameType.BACCARAT, "production", root).game_config.game_code == "BAC-001"
     (root / "roulette.json").write_text("[[[")
     assert get_config("roulette", config_dir=root).source == "defaults"
+
+
+def test_the_predecessors_names_import_from_both_paths() -> None:
+    """``gateway.compat`` and ``gateway.compat.system`` give the same objects as before."""
+    from gateway.compat import system
+
+    shared = set(system.__all__) & set(compat.__all__)
+    assert {"CompleteMQTTSystem", "create_complete_sicbo_system", "sidecar_target"} <= shared
+    for name in shared:
+        assert getattr(compat, name) is getattr(system, name)
+    assert system.test_broker_connection is test_broker_connection
+    assert system.DEFAULT_TARGET == DEFAULT_TARGET == "127.0.0.1:50051"

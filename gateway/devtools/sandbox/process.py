@@ -1,33 +1,27 @@
-"""Real local Mosquitto and Redis processes on free loopback ports.
+"""One local server process: start it on a loopback port, crash, hang, stop or restart it.
 
-``gateway demo`` uses this to bring its own brokers, and the integration tests use it to inject
-faults into real brokers (kill, SIGSTOP/SIGCONT, restart on the same port) instead of mocking
-them. Every server is a child of this Python process and is never left behind: ``stop()``/
-``__aexit__`` end it, a finalizer SIGKILLs it at garbage collection or interpreter exit, and on
-Linux the kernel SIGKILLs it if this process dies abruptly (``PR_SET_PDEATHSIG``, which fires
-when the *thread* that started it exits, so start servers from the event loop's thread).
+:class:`ServerProcess` is the lifecycle the sandbox's servers share. It keeps one child at a
+time on a port that stays the same across restarts, so a client configured once can be
+disconnected and reconnected by the test. ``start()`` returns only once the port accepts
+connections; ``kill()`` (a crash) and ``stop()`` return only once it refuses them again;
+``pause()``/``resume()`` SIGSTOP/SIGCONT it (a hang with the connections left open). The
+child never outlives this process: ``close()`` ends it, a finalizer SIGKILLs it at garbage
+collection or interpreter exit, and on Linux the kernel SIGKILLs it if we die abruptly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import hashlib
-import ipaddress
 import logging
 import os
-import secrets
 import shutil
 import signal
 import socket
 import tempfile
 import weakref
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
-from urllib.parse import quote
 
 log = logging.getLogger(__name__)
 
@@ -56,88 +50,6 @@ def find_executable(name: str, package: str) -> str:
         msg = f"{name} not found on PATH: install it with 'apt-get install -y {package}'"
         raise SandboxError(msg)
     return path
-
-
-@dataclass(frozen=True)
-class TlsMaterial:
-    """PEM files of a throwaway CA, a server certificate and a client certificate it signed."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-async def _run(*argv: str) -> None:
-    """Run a short helper command without blocking the loop; raise SandboxError on failure."""
-    sub = asyncio.subprocess
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=sub.DEVNULL, stdout=sub.PIPE, stderr=sub.STDOUT
-    )
-    out, _ = await proc.communicate()
-    if proc.returncode != 0:
-        text = out.decode(errors="replace").strip()
-        raise SandboxError(f"{' '.join(argv[:3])} failed ({proc.returncode}): {text}")
-
-
-_LEAF_EXTENSIONS = """basicConstraints=critical,CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage={usage}
-subjectKeyIdentifier=hash
-authorityKeyIdentifier=keyid
-"""
-_TLS_FILES = ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")
-
-
-def _tls_plan(directory: Path, hosts: Sequence[str]) -> list[list[str]]:
-    """Create ``directory`` and the extension files; return the openssl commands to run."""
-    ssl = find_executable("openssl", "openssl")
-    directory.mkdir(parents=True, exist_ok=True)
-    directory.chmod(0o755)
-    ca_key, ca_crt = str(directory / "ca.key"), str(directory / "ca.crt")
-    key_args = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ca_args = ["-subj", "/CN=gateway sandbox CA", "-keyout", ca_key, "-out", ca_crt]
-    cmds = [[ssl, "req", "-x509", "-days", "2", *key_args, *ca_args]]
-    sans = ",".join(f"IP:{h}" if _is_ip(h) else f"DNS:{h}" for h in hosts)
-    for role in ("server", "client"):
-        key, csr, crt, ext = (str(directory / f"{role}.{s}") for s in ("key", "csr", "crt", "ext"))
-        san = f"subjectAltName={sans}\n" if role == "server" and sans else ""
-        Path(ext).write_text(_LEAF_EXTENSIONS.format(usage=f"{role}Auth") + san)
-        subj = ["-subj", f"/CN=gateway-sandbox-{role}"]
-        cmds.append([ssl, "req", "-new", *key_args, *subj, "-keyout", key, "-out", csr])
-        sign = ["-CA", ca_crt, "-CAkey", ca_key, "-set_serial", str(secrets.randbits(63))]
-        cmds.append([ssl, "x509", "-req", "-days", "2", "-in", csr, *sign, "-extfile", ext])
-        cmds[-1] += ["-out", crt]
-    return cmds
-
-
-def _chmod_files(directory: Path, mode: int) -> None:
-    for path in directory.iterdir():
-        path.chmod(mode)
-
-
-async def make_tls_material(
-    directory: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost")
-) -> TlsMaterial:
-    """Create a throwaway CA, a server cert (SANs for ``hosts``) and a client cert in ``directory``.
-
-    Uses the ``openssl`` CLI (P-256 keys, valid two days) without blocking the event loop. Every
-    file is made world-readable so that a broker which drops privileges can still read it: this
-    material is for tests and demos only.
-    """
-    for cmd in _tls_plan(directory, hosts):
-        await _run(*cmd)
-    _chmod_files(directory, 0o644)
-    return TlsMaterial(*(directory / name for name in _TLS_FILES))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 async def _accepts(port: int) -> bool:
@@ -178,7 +90,7 @@ def _finalize(slot: _Slot, owned_workdir: Path | None) -> None:
         shutil.rmtree(owned_workdir, ignore_errors=True)
 
 
-class _ServerProcess:
+class ServerProcess:
     """Lifecycle shared by the servers: one child at a time, always on the same loopback port."""
 
     name = "server"
@@ -352,96 +264,3 @@ class _ServerProcess:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {HOST}:{self._port} pid={self.pid} running={self.running}>"
-
-
-def _bool(value: bool) -> str:
-    return "true" if value else "false"
-
-
-def _mosquitto_password(user: str, password: str) -> str:
-    """One password_file line, as ``mosquitto_passwd`` 2.x writes it (PBKDF2-SHA512, 101 rounds)."""
-    if not user or ":" in user or "\n" in user:
-        raise ValueError(f"invalid MQTT user name {user!r}")
-    salt = secrets.token_bytes(12)
-    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101)
-    return f"{user}:$7$101${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}\n"
-
-
-class MosquittoProcess(_ServerProcess):
-    """A private ``mosquitto`` broker on 127.0.0.1 with its own config, optional auth and TLS."""
-
-    name = "mosquitto"
-
-    def __init__(
-        self,
-        *,
-        port: int | None = None,
-        workdir: Path | None = None,
-        tcp_nodelay: bool = True,
-        users: Mapping[str, str] | None = None,
-        tls: TlsMaterial | None = None,
-        require_client_cert: bool = False,
-    ) -> None:
-        if require_client_cert and tls is None:
-            raise ValueError("require_client_cert needs tls material")
-        self._exe = find_executable("mosquitto", "mosquitto")
-        self._tcp_nodelay, self._users, self._tls = tcp_nodelay, dict(users or {}), tls
-        self._require_client_cert = require_client_cert
-        super().__init__(port=port, workdir=workdir)
-
-    @property
-    def log_path(self) -> Path:
-        """Mosquitto's log file."""
-        return self._workdir / "mosquitto.log"
-
-    def _prepare(self) -> list[str]:
-        lines = ["user root", "persistence false", f"log_dest file {self.log_path}", "log_type all"]
-        lines += [f"set_tcp_nodelay {_bool(self._tcp_nodelay)}", f"listener {self._port} {HOST}"]
-        if self._users:
-            passwd = self._workdir / "passwd"
-            passwd.write_text("".join(_mosquitto_password(u, p) for u, p in self._users.items()))
-            passwd.chmod(0o644)
-            lines += ["allow_anonymous false", f"password_file {passwd}"]
-        else:
-            lines.append("allow_anonymous true")
-        if self._tls is not None:
-            tls = self._tls
-            lines += [f"cafile {tls.ca_cert}", f"certfile {tls.server_cert}"]
-            lines += [f"keyfile {tls.server_key}"]
-            lines += [f"require_certificate {_bool(self._require_client_cert)}"]
-        conf = self._workdir / "mosquitto.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        conf.chmod(0o644)
-        return [self._exe, "-c", str(conf)]
-
-
-class RedisProcess(_ServerProcess):
-    """A private, non-persistent ``redis-server`` on 127.0.0.1, optionally password protected."""
-
-    name = "redis"
-
-    def __init__(
-        self, *, port: int | None = None, workdir: Path | None = None, password: str | None = None
-    ) -> None:
-        self._exe = find_executable("redis-server", "redis-server")
-        self._password = password
-        super().__init__(port=port, workdir=workdir)
-
-    @property
-    def log_path(self) -> Path:
-        """Redis' log file."""
-        return self._workdir / "redis.log"
-
-    @property
-    def url(self) -> str:
-        """``redis://[:password@]127.0.0.1:PORT/0`` for ``redis.asyncio.from_url``."""
-        auth = "" if self._password is None else f":{quote(self._password, safe='')}@"
-        return f"redis://{auth}{HOST}:{self._port}/0"
-
-    def _prepare(self) -> list[str]:
-        argv = [self._exe, "--port", str(self._port), "--bind", HOST, "--daemonize", "no"]
-        argv += ["--save", "", "--appendonly", "no", "--dir", str(self._workdir)]
-        argv += ["--logfile", str(self.log_path)]
-        if self._password is not None:
-            argv += ["--requirepass", self._password]
-        return argv
