@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import aiomqtt
 
@@ -27,6 +27,7 @@ from gateway.devtools.sim.links import BrokerLinks, Origin
 from gateway.devtools.sim.rounds import describe_frame, play_round
 from gateway.devtools.sim.shaker import Shakers
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +69,7 @@ class IdpSimulator:
         self._changed = asyncio.Condition()
         self._detections: dict[str, asyncio.Task[None]] = {}
         self._origins: dict[str, list[Origin]] = {}  # brokers that carried the round, per table
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._rounds: dict[str, tuple[str | None, str | None]] = {}  # (previous, current)
 
     @property
@@ -193,7 +194,7 @@ class IdpSimulator:
         else:
             self._on_idp(origin, table, payload)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -289,12 +290,21 @@ class IdpSimulator:
         answer_on: str,
         record: tuple[str, bool] | None = None,
     ) -> bool:
-        """Publish QoS 1; False when the command's broker is gone (answer_on "same")."""
-        took = await self._links.publish(origin, topic, payload, answer_on)
+        """Publish QoS 1; False when the command's broker is gone (answer_on "same").
+
+        A frame handed to a broker is recorded in ``sent`` once acknowledged even if the
+        round is stopped meanwhile (a ``timeout`` right after the gateway got the frame).
+        """
+
+        async def publish_and_record() -> list[str] | None:
+            took = await self._links.publish(origin, topic, payload, answer_on)
+            if record is not None and took:
+                await self._record(payload, record, took)
+            return took
+
+        took = await asyncio.shield(self._spawn(publish_and_record()))
         if took is None:
             return False
-        if record is not None and took:
-            await self._record(payload, record, took)
         return answer_on != "same" or bool(took)
 
     async def _record(self, payload: bytes, record: tuple[str, bool], brokers: list[str]) -> None:
