@@ -8,7 +8,8 @@ own view and links) and returns the one change to propose, or None. The rules ar
   group has, or a record behind an epoch some live sidecar has seen: re-create it above
   every epoch seen, on the broker the group uses (so nothing flaps).
 - **Fail over** when a majority of the sidecars that have the active broker see it down
-  (or this sidecar is the only reporter), to the best broker a majority sees up.
+  (or this sidecar is the only reporter), to the best broker every sidecar that has it
+  sees up, else to the best one a majority sees up.
 - **Fail back** to a preferred broker that a majority has seen up for its hold-down,
   never in the middle of this sidecar's round.
 - **Different broker lists** (two GameTables of one group during a broker rollout): the
@@ -93,9 +94,16 @@ def plan(
     def backed(broker: str) -> bool:  # up for a majority of the sidecars that have it
         return n == 1 or majority(up[broker], having[broker])
 
+    def best_first(brokers: Sequence[str]) -> list[str]:
+        """The backed brokers, those up for every sidecar that has them first (each part
+        in the group's order): a switch leaves no sidecar on a broker it cannot reach while
+        another broker would serve them all."""
+        backed_ones = [b for b in brokers if backed(b)]
+        return sorted(backed_ones, key=lambda b: up[b] < having[b])
+
     next_epoch = min(MAX_EPOCH, record.epoch + 1)
     if group.common and active not in group.common:
-        candidates = [b for b in common_up if backed(b)]
+        candidates = best_first(common_up)
         if not candidates:
             return None
         why = f"{active} is not configured on every sidecar of the group"
@@ -105,7 +113,7 @@ def plan(
         down = have - sum(1 for v in live.values() if active in v.up)
         if not (majority(down, have) or n == 1):
             return None  # our own problem: the fleet stays, this sidecar is degraded
-        candidates = [b for b in (common_up if group.common else own_up) if backed(b)]
+        candidates = best_first(common_up if group.common else own_up)
         if not candidates:
             return None
         why = f"{active} down for {down}/{have} sidecars"

@@ -110,6 +110,27 @@ def test_failover_with_a_majority_down() -> None:
     assert p.reason == "b1 down for 2/3 sidecars"
 
 
+def test_failover_prefers_a_broker_every_sidecar_reaches() -> None:
+    """b1 dies; b2 is preferred but one sidecar is still reconnecting to it: go to b3,
+    which all reach, rather than strand that sidecar (fail-back to b2 comes later)."""
+    c = config("b1", "b2", "b3")
+    every = ["b1", "b2", "b3"]
+    me = view("me", ["b2", "b3"], every)
+    others = [view("o1", ["b2", "b3"], every), view("slow", ["b3"], every)]
+    p = plan(record("b1"), others, me, [], "b1", False, c, NOW)
+    assert p is not None and (p.broker, p.epoch) == ("b3", 6)
+    assert p.reason == "b1 down for 3/3 sidecars"
+    # With every sidecar up on b2 it stays the choice: priority still rules.
+    others = [view("o1", ["b2", "b3"], every), view("o2", ["b2", "b3"], every)]
+    p = plan(record("b1"), others, me, [], "b1", False, c, NOW)
+    assert p is not None and p.broker == "b2"
+    # No broker that all reach: a majority's is still better than none.
+    others = [view("o1", ["b2"], every), view("o2", ["b3"], every)]
+    me = view("me", ["b2"], every)
+    p = plan(record("b1"), others, me, [], "b1", False, c, NOW)
+    assert p is not None and p.broker == "b2"
+
+
 def test_lists_that_differ_converge_on_a_broker_every_sidecar_has() -> None:
     """b1,b2 and b2,b3 in one group: a record on b1 (which one sidecar lacks) moves to b2."""
     c = config("b1", "b2")
