@@ -82,6 +82,7 @@ class Parts:
         )
         self.shaker = Shaker(config.table, self.pool, self.hub, drops=self.drops)
         self.elector.add_listener(self.desk.on_decision)
+        self.pool.add_listener(self.desk.on_links_changed)
         self.stats_writer: StatsWriter | None = None
         fleet = None
         if shared is not None and self.store is not None:

@@ -129,6 +129,16 @@ class BrokerLink:
         """The MQTT version this link speaks (or will try next): "5" or "3.1.1"."""
         return "5" if self._protocol.version is aiomqtt.ProtocolVersion.V5 else "3.1.1"
 
+    @property
+    def connection(self) -> int:
+        """How many times this link has connected: which session carries what it sends."""
+        return self._connects
+
+    def reconnected_since(self, connection: int) -> bool:
+        """Ready on a newer session than ``connection``: what the broker sent us in between
+        (our subscriptions are not persistent) was lost."""
+        return self._state is LinkState.READY and self._connects > connection
+
     def status(self) -> LinkStatus:
         """A snapshot of this link for the elector, Health and statistics."""
         return LinkStatus(

@@ -29,10 +29,11 @@ __all__ = ["BrokerLink", "BrokerPool", "MessageHandler", "PublishReceipt"]
 
 @dataclass(frozen=True)
 class PublishReceipt:
-    """Which broker accepted a command (PUBACK), under which epoch."""
+    """Which broker accepted a command (PUBACK), under which epoch, on which connection."""
 
     broker_id: str
     epoch: int
+    connection: int = 0  # the link's connect count: a higher one later means a new session
 
 
 class BrokerPool:
@@ -116,7 +117,15 @@ class BrokerPool:
                 )
             raise NoBrokerAvailable(f"no broker is ready ({self._summary()})")
         await link.publish(topic, payload, qos)
-        return PublishReceipt(decision.broker_id or link.id, decision.epoch)
+        return PublishReceipt(decision.broker_id or link.id, decision.epoch, link.connection)
+
+    def newer_connection(self, broker_id: str | None, connection: int) -> int | None:
+        """The link's connection number if ``broker_id`` is ready on a session newer than
+        ``connection`` (what it carried in between is lost), else None."""
+        link = self.links.get(broker_id) if broker_id is not None else None
+        if link is None or not link.reconnected_since(connection):
+            return None
+        return link.connection
 
     def _summary(self) -> str:
         parts = []

@@ -45,6 +45,11 @@ class CommandBus(Protocol):
         """The active broker right now (or none) and its epoch."""
         ...
 
+    def newer_connection(self, broker_id: str | None, connection: int) -> int | None:
+        """The link's connection number if ``broker_id`` is ready on a session newer than
+        ``connection`` (what it carried in between is lost), else None."""
+        ...
+
 
 class CommandQueue:
     """The desk's outgoing commands, published in order by ``run``."""
@@ -125,6 +130,7 @@ class CommandQueue:
                 continue
             rnd.publishes += 1
             rnd.published_on, rnd.epoch = receipt.broker_id, receipt.epoch
+            rnd.published_connection = receipt.connection
             log.debug("round %s: detect published on %s", rnd.round_id, receipt.broker_id)
             if rnd.timeout_owed:  # its caller left while the detect was on its way
                 rnd.timeout_owed = False

@@ -86,6 +86,7 @@ class Round:
     waiters: int = 0
     publishes: int = 0
     published_on: str | None = None
+    published_connection: int = 0  # the session of published_on that took the detect
     epoch: int = 0
     closed: bool = False
     timeout_owed: bool = False  # closed while its detect was still being published

@@ -78,6 +78,7 @@ class RoundDesk:
         self._answered: str | None = None  # the last round that got its answer
         self._idle = asyncio.Event()
         self._idle.set()
+        self._bus = bus
         self._commands = CommandQueue(bus, lambda: self.table, published=self.on_decision)
 
     @property
@@ -255,6 +256,26 @@ class RoundDesk:
             )
             rnd.republish_queued = True
             self._commands.put("detect", rnd)
+
+    def on_links_changed(self) -> None:
+        """A link changed state. If the broker that took the waiting round's detect is back
+        on a new session, whatever the IDP answered while it was away is lost (the
+        subscriptions are not persistent): publish the detect again so the IDP answers
+        again, under the same round id."""
+        rnd = self._current
+        if rnd is None or rnd.closed or rnd.future.done() or rnd.republish_queued:
+            return
+        now = self._bus.newer_connection(rnd.published_on, rnd.published_connection)
+        if now is None:
+            return
+        log.warning(
+            "round %s: broker %s reconnected while the round waited; publishing detect again",
+            rnd.round_id,
+            rnd.published_on,
+        )
+        rnd.published_connection = now  # once per reconnection
+        rnd.republish_queued = True
+        self._commands.put("detect", rnd)
 
     def late_command(self, broker_id: str, topic: str, payload: bytes) -> None:
         """A command sent on a broker before it hung reached the IDP late, or may have: it

@@ -161,3 +161,25 @@ async def test_a_command_a_hung_broker_delivers_late_does_not_cost_the_round(
         d2 = await second
         assert d2.result == expected("roulette", "ARO-001-r2")
         assert d2.publishes >= 2  # published again after the late command
+
+
+async def test_a_round_whose_answer_came_while_its_broker_was_away_is_published_again(
+    broker: MosquittoProcess,
+) -> None:
+    """The only broker's connection drops right after the detect and the IDP answers while
+    the sidecar is away (subscriptions are not persistent, so that answer is lost): once
+    the link is back on a new session the detect is published again and answered."""
+    async with MqttFaultProxy(broker.host, broker.port) as proxy:
+        config = make_config([broker], "roulette", ports={"b1": proxy.port})
+        async with Stack([broker], "roulette", config=config, sim_brokers=[broker]) as s:
+            s.behave(delay_s=1.0)  # the cut comes well before the answer
+            rid = "ARO-001-away"
+            call = asyncio.create_task(s.client.detect(rid, deadline_s=8))
+            await s.sim.wait_for_command(s.code, "detect", round_id=rid)
+            proxy.cut()
+            await s.sim.wait_for_final(rid)  # sent to the broker while the sidecar is away
+            proxy.heal()
+            d = await call
+            assert d.result == expected("roulette", rid)
+            detects = [c["arg"]["round_id"] for c in s.commands("detect")]
+            assert detects == [rid, rid]
