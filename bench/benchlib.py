@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import signal
@@ -46,3 +47,21 @@ def run_bounded(
     except failures as exc:
         print(f"bench failed: {exc or type(exc).__name__}", file=sys.stderr)
         return 2
+
+
+def finish(
+    result: dict[str, Any] | int,
+    *,
+    as_json: bool,
+    report: Callable[[dict[str, Any]], None],
+    passed: Callable[[dict[str, Any]], bool],
+) -> int:
+    """Print a bench's result (JSON or its report) and give its exit status: 0 if every
+    target was met, 1 if not; ``run_bounded``'s exit code as it is."""
+    if isinstance(result, int):
+        return result
+    if as_json:
+        print(json.dumps(result))
+    else:
+        report(result)
+    return 0 if passed(result) else 1

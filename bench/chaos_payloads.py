@@ -25,15 +25,20 @@ KINDS = (
     "config_swap",
     "sidecar_kill",
 )
+# The corrupt_record variants that write a bad record field (the others replace the key or
+# write views and statistics).
+RECORD_VARIANTS = (
+    "not_json",
+    "no_epoch",
+    "no_by",
+    "unknown_broker",
+    "epoch_string",
+    "epoch_1e400",
+    "record_1mb",
+)
 VARIANTS: dict[str, tuple[str, ...]] = {
     "corrupt_record": (
-        "not_json",
-        "no_epoch",
-        "no_by",
-        "unknown_broker",
-        "epoch_string",
-        "epoch_1e400",
-        "record_1mb",
+        *RECORD_VARIANTS,
         "group_key_string",
         "garbage_views",
         "garbage_stats",
@@ -119,15 +124,6 @@ def invalid_config(variant: str, doc: dict[str, Any]) -> bytes:
     raise ValueError(variant)
 
 
-RECORD_VARIANTS = (
-    "not_json",
-    "no_epoch",
-    "no_by",
-    "unknown_broker",
-    "epoch_string",
-    "epoch_1e400",
-    "record_1mb",
-)
 GARBAGE_VIEWS: dict[str, bytes] = {
     "view:chaos-1": b"not json",
     "view:chaos-2": b"\xff\xfe\x00",

@@ -49,7 +49,7 @@ from typing import Any
 
 import aiomqtt
 import grpc
-from benchlib import machine, run_bounded  # bench/ is on sys.path when run as a script
+from benchlib import finish, machine, run_bounded  # bench/ is on sys.path when run as a script
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2 as otlp_metrics
@@ -540,13 +540,12 @@ def main() -> int:
 
     # A wrong answer, no span at the sink... (RuntimeError): nothing to report.
     result = run_bounded(lambda: measure(args), 180 + 0.05 * 7 * (args.rounds + args.warmup))
-    if isinstance(result, int):
-        return result
-    if args.json:
-        print(json.dumps(result))
-    else:
-        report(result)
-    return 0 if all(v[-1] is not False for v in verdicts(result)) else 1
+    return finish(
+        result,
+        as_json=args.json,
+        report=report,
+        passed=lambda r: all(v[-1] is not False for v in verdicts(r)),
+    )
 
 
 if __name__ == "__main__":

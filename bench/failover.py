@@ -40,7 +40,7 @@ from typing import Any, cast
 
 import aiomqtt
 import grpc
-from benchlib import machine, run_bounded  # bench/ is on sys.path when run as a script
+from benchlib import finish, machine, run_bounded  # bench/ is on sys.path when run as a script
 
 from gateway.client import GatewayClient
 from gateway.config import LinkTimings, default_topics
@@ -364,13 +364,9 @@ def main() -> int:
 
     limit = len(FAULTS) * args.trials * TRIAL_S + (args.baseline_trials + 1) * BASELINE_LIMIT_S + 60
     result = run_bounded(lambda: measure(args), limit)
-    if isinstance(result, int):
-        return result
-    if args.json:
-        print(json.dumps(result))
-    else:
-        report(result)
-    return 0 if all(result["verdicts"].values()) else 1
+    return finish(
+        result, as_json=args.json, report=report, passed=lambda r: all(r["verdicts"].values())
+    )
 
 
 if __name__ == "__main__":

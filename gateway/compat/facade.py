@@ -11,7 +11,6 @@ import contextlib
 import copy
 import logging
 from collections.abc import Coroutine
-from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from gateway.client import (
@@ -99,12 +98,7 @@ class CompleteMQTTSystem:
         await self.initialize()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.cleanup()
 
     async def _on_own_loop(self, coro: Coroutine[Any, Any, T]) -> T:

@@ -30,6 +30,8 @@ the sidecar's address in ``target``, ``test_broker_connection`` in ``broker_prob
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from gateway.compat.broker_probe import test_broker_connection
 from gateway.compat.config import Environment, GameType
 from gateway.compat.facade import NOT_INITIALIZED, RPC_DEADLINE_S, SETTLE_S, CompleteMQTTSystem
@@ -69,40 +71,23 @@ async def _create(
     return system
 
 
-async def create_complete_sicbo_system(
-    environment: Environment | str = Environment.DEVELOPMENT,
-    enable_connection_pooling: bool = True,
-    enable_message_processing: bool = True,
-    *,
-    target: str | None = None,
-) -> CompleteMQTTSystem:
-    """An initialized SicBo system (the predecessor's shortcut)."""
-    return await _create(
-        GameType.SICBO, environment, enable_connection_pooling, enable_message_processing, target
-    )
+def _shortcut(game: GameType, label: str) -> Callable[..., Awaitable[CompleteMQTTSystem]]:
+    async def create(
+        environment: Environment | str = Environment.DEVELOPMENT,
+        enable_connection_pooling: bool = True,
+        enable_message_processing: bool = True,
+        *,
+        target: str | None = None,
+    ) -> CompleteMQTTSystem:
+        return await _create(
+            game, environment, enable_connection_pooling, enable_message_processing, target
+        )
+
+    create.__name__ = create.__qualname__ = f"create_complete_{game.value}_system"
+    create.__doc__ = f"An initialized {label} system (the predecessor's shortcut)."
+    return create
 
 
-async def create_complete_baccarat_system(
-    environment: Environment | str = Environment.DEVELOPMENT,
-    enable_connection_pooling: bool = True,
-    enable_message_processing: bool = True,
-    *,
-    target: str | None = None,
-) -> CompleteMQTTSystem:
-    """An initialized Baccarat system (the predecessor's shortcut)."""
-    return await _create(
-        GameType.BACCARAT, environment, enable_connection_pooling, enable_message_processing, target
-    )
-
-
-async def create_complete_roulette_system(
-    environment: Environment | str = Environment.DEVELOPMENT,
-    enable_connection_pooling: bool = True,
-    enable_message_processing: bool = True,
-    *,
-    target: str | None = None,
-) -> CompleteMQTTSystem:
-    """An initialized Roulette system (the predecessor's shortcut)."""
-    return await _create(
-        GameType.ROULETTE, environment, enable_connection_pooling, enable_message_processing, target
-    )
+create_complete_sicbo_system = _shortcut(GameType.SICBO, "SicBo")
+create_complete_baccarat_system = _shortcut(GameType.BACCARAT, "Baccarat")
+create_complete_roulette_system = _shortcut(GameType.ROULETTE, "Roulette")

@@ -24,35 +24,37 @@ from gateway.config.model import (
 )
 from gateway.config.reading import Section
 from gateway.config.validate import (
+    TableKeys,
     broker_port,
     broker_priority,
     check_brokers,
-    detect_timers,
     host,
     redis_config,
     table,
+    table_fields,
 )
 
 log = logging.getLogger(__name__)
 
 _GATEWAY = field_defaults(GatewayConfig)
 
+LEGACY_KEYS = TableKeys(
+    game="game_type",
+    code="game_code",
+    shaker_listens="shaker_topic",
+    shaker_says="status_topic",
+    timeout="timeout",
+    retry_delay="retry_delay",
+    input="input_stream",
+    output="output_stream",
+)
+"""The predecessor's names for the table settings (its ``game_config`` object)."""
+
 
 def parse_legacy(top: Section, env: Mapping[str, str]) -> GatewayConfig:
     """The model from a predecessor's file (``top`` is its top-level object, read leniently)."""
     g = top.section("game_config")
-    config_table = table(
-        g,
-        game=g.string("game_type"),
-        code=g.string("game_code"),
-        command_topic=g.opt_string("command_topic"),
-        response_topic=g.opt_string("response_topic"),
-        shaker_listens=g.opt_string("shaker_topic"),
-        shaker_says=g.opt_string("status_topic"),
-        **detect_timers(g, timeout="timeout", retry_count="retry_count", retry_delay="retry_delay"),
-        input_url=g.opt_string("input_stream"),
-        output_url=g.opt_string("output_stream"),
-    )
+    config_table = table(g, **table_fields(g, LEGACY_KEYS))
     brokers = []
     # Credentials for every broker that has none of its own (the predecessor's meaning).
     default_user = top.opt_string("default_username")

@@ -42,19 +42,23 @@ from gateway.config.reading import (
 )
 from gateway.config.validate import (
     ID,
+    TableKeys,
     broker_port,
     broker_priority,
     check_brokers,
-    detect_timers,
     host,
     redis_config,
     resolvable,
     table,
+    table_fields,
 )
 from gateway.errors import ConfigError
 
 _GATEWAY = field_defaults(GatewayConfig)
 _TABLE = field_defaults(TableConfig)
+
+V1_KEYS = TableKeys()
+"""The gateway's own names for the table settings (its ``table`` object)."""
 _TLS = field_defaults(TlsSettings)
 
 
@@ -138,17 +142,7 @@ def _parse_v1(top: Section, env: Mapping[str, str]) -> GatewayConfig:
     t = top.section("table")
     config_table = table(
         t,
-        game=t.string("game"),
-        code=t.string("code"),
-        command_topic=t.opt_string("command_topic"),
-        response_topic=t.opt_string("response_topic"),
-        shaker_listens=t.opt_string("shaker_listens"),
-        shaker_says=t.opt_string("shaker_says"),
-        **detect_timers(
-            t, timeout="timeout_s", retry_count="retry_count", retry_delay="retry_delay_s"
-        ),
-        input_url=t.opt_string("input"),
-        output_url=t.opt_string("output"),
+        **table_fields(t, V1_KEYS),
         subscribe_topics=t.strings("subscribe_topics"),
         trace_context_in_command=t.boolean(
             "trace_context_in_command", _TABLE["trace_context_in_command"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.credentials import redis_url
@@ -74,14 +75,39 @@ def table(s: Section, **kw: Any) -> TableConfig:
     return TableConfig(**kw)
 
 
-def detect_timers(
-    s: Section, *, timeout: str, retry_count: str, retry_delay: str
-) -> dict[str, Any]:
-    """The table's detect timeout and retries, read under the format's own field names."""
+@dataclass(frozen=True)
+class TableKeys:
+    """What one file format calls the table settings both formats have (the defaults
+    are the gateway's own names)."""
+
+    game: str = "game"
+    code: str = "code"
+    command_topic: str = "command_topic"
+    response_topic: str = "response_topic"
+    shaker_listens: str = "shaker_listens"
+    shaker_says: str = "shaker_says"
+    timeout: str = "timeout_s"
+    retry_count: str = "retry_count"
+    retry_delay: str = "retry_delay_s"
+    input: str = "input"
+    output: str = "output"
+
+
+def table_fields(s: Section, keys: TableKeys) -> dict[str, Any]:
+    """The settings both formats share, read under the format's own field names (in this
+    order, so the first bad one is the one reported), for ``table()``."""
     return {
-        "timeout_s": s.number(timeout, _TABLE["timeout_s"], lo=0.1, hi=600),
-        "retry_count": s.integer(retry_count, _TABLE["retry_count"], lo=1, hi=20),
-        "retry_delay_s": s.number(retry_delay, _TABLE["retry_delay_s"], lo=0, hi=60),
+        "game": s.string(keys.game),
+        "code": s.string(keys.code),
+        "command_topic": s.opt_string(keys.command_topic),
+        "response_topic": s.opt_string(keys.response_topic),
+        "shaker_listens": s.opt_string(keys.shaker_listens),
+        "shaker_says": s.opt_string(keys.shaker_says),
+        "timeout_s": s.number(keys.timeout, _TABLE["timeout_s"], lo=0.1, hi=600),
+        "retry_count": s.integer(keys.retry_count, _TABLE["retry_count"], lo=1, hi=20),
+        "retry_delay_s": s.number(keys.retry_delay, _TABLE["retry_delay_s"], lo=0, hi=60),
+        "input_url": s.opt_string(keys.input),
+        "output_url": s.opt_string(keys.output),
     }
 
 

@@ -31,7 +31,6 @@ import enum
 import logging
 import socket
 import struct
-from types import TracebackType
 from typing import Self
 
 log = logging.getLogger(__name__)
@@ -227,12 +226,7 @@ class MqttFaultProxy:
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     async def close(self) -> None:

@@ -32,8 +32,6 @@ from gateway.sidecar.readiness import LIVENESS_SERVICE, Readiness
 from gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 if TYPE_CHECKING:
-    from types import TracebackType
-
     from gateway.config import GatewayConfig
     from gateway.fleet.stats import SidecarStats
     from gateway.sidecar.election import Elector
@@ -181,12 +179,7 @@ class Sidecar:
         assert self._main is not None
         await self._main
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.readiness.shutdown()
         self.hub.close()  # Subscribe streams end now rather than at the end of the grace
         if self._server is not None:

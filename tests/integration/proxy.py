@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Callable
 
 
 class TcpProxy:
@@ -56,15 +57,35 @@ class TcpProxy:
             if sock is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._writers.add(w)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        relay(self._tasks, (reader, writer), (up_reader, up_writer), self._writers.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        dst.transport.abort()
-        self._writers.discard(dst)
+
+async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    """Copy ``src`` to ``dst`` until either side closes, then abort ``dst``."""
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+    dst.transport.abort()
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+def relay(
+    tasks: set[asyncio.Task[None]],
+    client: Stream,
+    upstream: Stream,
+    closed: Callable[[asyncio.StreamWriter], None] = lambda writer: None,
+) -> None:
+    """Pipe both ways between ``client`` and ``upstream`` in tasks kept in ``tasks``;
+    ``closed(writer)`` after each direction ends."""
+
+    async def one_way(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        await pipe(src, dst)
+        closed(dst)
+
+    for src, dst in ((client[0], upstream[1]), (upstream[0], client[1])):
+        task = asyncio.create_task(one_way(src, dst))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from tests.integration.proxy import relay
+
 REFUSE_VERSION = bytes([0x20, 0x02, 0x00, 0x01])
 
 
@@ -65,14 +67,4 @@ class V311OnlyBroker:
             writer.transport.abort()
             return
         up_writer.write(head[:1] + length_bytes + rest)
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        dst.transport.abort()
+        relay(self._tasks, (reader, writer), (up_reader, up_writer))

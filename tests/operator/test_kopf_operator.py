@@ -22,6 +22,7 @@ import pytest
 from gametable_operator.render import render_configmap
 from gateway.config import load_config
 from gateway.devtools.sandbox import MosquittoProcess, RedisProcess
+from tests.admission import review
 from tests.integration.harness import Stack
 from tests.integration.test_reload import KubeletDir
 from tests.operator.harness import (
@@ -281,33 +282,6 @@ async def _reason(probe: Any, reason: str) -> dict[str, Any] | None:
 async def _generation(probe: Any, generation: int) -> str | None:
     text = await probe()
     return text if text and json.loads(text)["generation"] == generation else None
-
-
-def review(pod: dict[str, Any], namespace: str) -> dict[str, Any]:
-    """An AdmissionReview as the API server sends it for a pod a ReplicaSet creates."""
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "name": pod["metadata"].get("name", ""),
-            "namespace": namespace,
-            "operation": "CREATE",
-            "userInfo": {
-                "username": "system:serviceaccount:kube-system:replicaset-controller",
-                "uid": "1",
-                "groups": ["system:serviceaccounts"],
-            },
-            "object": pod,
-            "oldObject": None,
-            "dryRun": False,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-        },
-    }
 
 
 def game_pod(labels: dict[str, str]) -> dict[str, Any]:

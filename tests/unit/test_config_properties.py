@@ -28,6 +28,7 @@ from gateway.config import (
 from gateway.errors import ConfigError
 from gateway.protocol import Game
 from gateway.sidecar.reload import ConfigReloader
+from tests.unit.documents import mutations
 
 SOURCE = "/etc/gateway/table.json"
 
@@ -61,6 +62,11 @@ TREES = st.recursive(
     ),
     max_leaves=16,
 )
+
+
+def _mutated(doc: Any) -> st.SearchStrategy[Any]:
+    return mutations(doc, TREES)
+
 
 PREDECESSOR: dict[str, Any] = {
     "brokers": [
@@ -122,40 +128,6 @@ GATEWAY_FORMAT: dict[str, Any] = {
 ENV = {"MQTT_B_USER": "gw", "MQTT_B_PASSWORD": "pw", "GATEWAY_REDIS_URL": "redis://r:6379/0"}
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every field of a document, as the keys and indices that lead to it."""
-    found = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found += _paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found += _paths(value, (*prefix, i))
-    return found
-
-
-def _replaced(doc: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[str, Any]:
-    out = copy.deepcopy(doc)
-    node: Any = out
-    for key in path[:-1]:
-        node = node[key]
-    if value is _DELETE:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-    return out
-
-
-_DELETE = object()
-
-
-def _mutations(doc: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    """The document with one field replaced by a random value, or deleted."""
-    return st.builds(
-        _replaced, st.just(doc), st.sampled_from(_paths(doc)), TREES | st.just(_DELETE)
-    )
-
-
 def _outcome(call: Callable[[], GatewayConfig], source: str) -> GatewayConfig | ConfigError:
     """The config, or the ConfigError: any other exception fails the test."""
     try:
@@ -188,7 +160,10 @@ def test_any_bytes_load_or_fail_naming_the_file(config_file: Path, content: byte
 
 
 @FAST
-@given(st.sampled_from([PREDECESSOR, GATEWAY_FORMAT]).flatmap(_mutations), st.booleans())
+@given(
+    st.sampled_from([PREDECESSOR, GATEWAY_FORMAT]).flatmap(_mutated),
+    st.booleans(),
+)
 def test_one_field_replaced_gives_a_config_or_a_config_error(
     config_file: Path, doc: dict[str, Any], from_disk: bool
 ) -> None:

@@ -24,6 +24,8 @@ from gametable_operator.render import (
 )
 from gametable_operator.settings import SidecarDefaults, from_env, parse_sidecar
 from gateway.config import ConfigError
+from tests.admission import review as admission_review
+from tests.unit.documents import mutations
 
 ROOT = Path(__file__).parents[2]
 UID = "6f1d2c3e-0000-4000-8000-000000000003"
@@ -51,6 +53,7 @@ SCALARS = (
     | ANY_TEXT
     | st.sampled_from(["", "x", "sicbo", "SBO-001", "mqtt-a", "\ud800", "a\nb", "10.0.0.1"])
 )
+
 KEYS = ANY_TEXT | st.sampled_from(
     [
         "metadata",
@@ -84,42 +87,19 @@ TREES = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS, children, max_size=4),
     max_leaves=16,
 )
-_DELETE = object()
+
+
+def _mutated(doc: Any) -> st.SearchStrategy[Any]:
+    return mutations(doc, TREES)
+
+
 # The one failure the renderer must never need: its last line of defence.
 LAST_RESORT = re.compile(r"unexpected \w+ while")
 
 
-def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    found = [prefix] if prefix else []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            found += _paths(value, (*prefix, key))
-    elif isinstance(node, list):
-        for i, value in enumerate(node):
-            found += _paths(value, (*prefix, i))
-    return found
-
-
-def _replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
-    out = copy.deepcopy(doc)
-    node = out
-    for key in path[:-1]:
-        node = node[key]
-    if value is _DELETE:
-        del node[path[-1]]
-    else:
-        node[path[-1]] = value
-    return out
-
-
-def _mutations(doc: Any) -> st.SearchStrategy[Any]:
-    """The object with one field replaced by a random value, or deleted."""
-    return st.builds(
-        _replaced, st.just(doc), st.sampled_from(_paths(doc)), TREES | st.just(_DELETE)
-    )
-
-
-MUTATED_GAMETABLES = st.sampled_from(sorted(GAMETABLES.values(), key=str)).flatmap(_mutations)
+MUTATED_GAMETABLES = st.sampled_from(sorted(GAMETABLES.values(), key=str)).flatmap(
+    lambda doc: mutations(doc, TREES)
+)
 
 
 def _rendered(gametable: Any) -> dict[str, Any] | InvalidGameTable:
@@ -228,7 +208,7 @@ def _pod() -> dict[str, Any]:
 
 
 @FAST
-@given(_mutations(_pod()) | TREES, MUTATED_GAMETABLES)
+@given(mutations(_pod(), TREES) | TREES, MUTATED_GAMETABLES)
 def test_any_pod_gets_the_sidecar_or_a_refusal(pod: Any, gametable: Any) -> None:
     """For a GameTable that renders, any pod body is mutated or refused with CannotInject."""
     if isinstance(_rendered(gametable), InvalidGameTable):
@@ -242,23 +222,11 @@ def test_any_pod_gets_the_sidecar_or_a_refusal(pod: Any, gametable: Any) -> None
         assert webhook.CONTAINER in names + [c.get("name") for c in out["spec"]["containers"]]
 
 
-REVIEW = {
-    "apiVersion": "admission.k8s.io/v1",
-    "kind": "AdmissionReview",
-    "request": {
-        "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
-        "kind": {"group": "", "version": "v1", "kind": "Pod"},
-        "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": "studio-a",
-        "operation": "CREATE",
-        "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-        "object": _pod(),
-    },
-}
+REVIEW = admission_review(_pod(), "studio-a")
 
 
 @FAST
-@given(_mutations(REVIEW) | TREES)
+@given(mutations(REVIEW, TREES) | TREES)
 def test_any_admission_review_is_parsed_or_refused(review: Any) -> None:
     """Any body: its checked request, or BadReview; the refusal answer always serialises."""
     try:
@@ -307,7 +275,7 @@ def _sidecar_outcome(text: str) -> SidecarDefaults | ConfigError:
 
 @FAST
 @given(
-    _mutations(SIDECAR).map(json.dumps)
+    mutations(SIDECAR, TREES).map(json.dumps)
     | TREES.map(json.dumps)
     | st.text(st.characters(exclude_categories=()), max_size=50)
     | st.integers(1, 50_000).map(lambda n: "[" * n)
