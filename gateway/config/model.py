@@ -102,7 +102,9 @@ class LinkTimings:
     probe_interval_s: float = 0.2
     probe_timeout_s: float = 0.6
     backoff_initial_s: float = 0.05
-    backoff_max_s: float = 5.0
+    # Short, so a link is back about a second after its broker heals (a refused connect
+    # is cheap; a hung broker paces the attempts itself by its CONNACK timeout).
+    backoff_max_s: float = 1.0
     holddown_s: float = 30.0
     holddown_max_s: float = 300.0
 
