@@ -14,7 +14,14 @@ import grpc
 from gateway import describe
 from gateway.client import GatewayClient
 from gateway.client.errors import metadata_pairs
-from gateway.config import DEFAULT_ADDRESS, DEFAULT_PORT, GatewayConfig, load_config
+from gateway.config import (
+    DEFAULT_ADDRESS,
+    DEFAULT_PORT,
+    GatewayConfig,
+    command_line_redis_url,
+    load_config,
+    redis_url_file,
+)
 from gateway.devtools import sim as simulator
 from gateway.errors import ConfigError
 from gateway.sidecar.app import serve
@@ -51,7 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="also serve grpc.health.v1 alone on HOST:PORT, for kubelet probes (off by default)",
     )
-    p.add_argument("--redis-url", metavar="URL", help="shared election and statistics store")
+    store = p.add_mutually_exclusive_group()
+    store.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="shared election and statistics store, without a password (a command line "
+        "is visible to every process); else --redis-url-file or GATEWAY_REDIS_URL",
+    )
+    store.add_argument(
+        "--redis-url-file",
+        metavar="PATH",
+        help="file holding the Redis URL, password included (a mounted Secret); read at start",
+    )
     p.add_argument(
         "--metrics-listen",
         metavar="HOST:PORT",
@@ -109,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        url = args.redis_url
+        url = _redis_override(args)
 
         def adjust(config: GatewayConfig) -> GatewayConfig:
             return _with_redis(config, url) if url else config
@@ -144,11 +162,18 @@ async def _dispatch(args: argparse.Namespace) -> int:
     return await run_demo(first_port=args.port, once=args.once)
 
 
+def _redis_override(args: argparse.Namespace) -> str | None:
+    """The Redis URL of ``--redis-url`` (refused if it holds a password) or
+    ``--redis-url-file`` (read once, at start), if either is given."""
+    if args.redis_url:
+        return command_line_redis_url(args.redis_url)
+    if args.redis_url_file:
+        return redis_url_file(args.redis_url_file)
+    return None
+
+
 def _with_redis(config: GatewayConfig, url: str) -> GatewayConfig:
-    """The config with ``--redis-url`` taking the place of any configured URL."""
-    if not url.startswith(("redis://", "rediss://", "unix://", "redis+sentinel://",
-                           "rediss+sentinel://")):  # fmt: skip
-        raise ConfigError(f"--redis-url: {url.split('://')[0]!r} is not a Redis URL scheme")
+    """The config with the command line's Redis URL taking the place of any configured one."""
     return replace(config, redis=replace(config.redis, url=url))
 
 

@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from gateway import baccarat
 from gateway.errors import InvalidRequest, MalformedInput
+from gateway.redact import redact_url
 
 MAX_FRAME_BYTES = 64 * 1024
 MAX_NESTING = 32  # a result frame nests 3 deep; anything far deeper is hostile
@@ -185,18 +186,23 @@ def check_round_id(round_id: str) -> str:
 
 
 def check_stream_url(field: str, url: str) -> str:
-    """Return the stream URL if it is plausible, else raise InvalidRequest naming the field."""
+    """Return the stream URL if it is plausible, else raise InvalidRequest naming the field.
+
+    The message shows the URL with its password masked (``rtmp://user:***@host/...``): it
+    reaches the caller, Health and log lines.
+    """
     if len(url) > MAX_URL_CHARS:
         raise InvalidRequest(f"{field} is {len(url)} characters long; at most {MAX_URL_CHARS}")
+    shown = redact_url(url)
     if not url.isprintable() or any(c.isspace() for c in url):
-        raise InvalidRequest(f"{field} contains whitespace or control characters: {url!r}")
+        raise InvalidRequest(f"{field} contains whitespace or control characters: {shown!r}")
     try:
         parts = urlsplit(url)
     except ValueError as exc:
-        raise InvalidRequest(f"{field} is not a URL: {url!r} ({exc})") from exc
+        raise InvalidRequest(f"{field} is not a URL: {shown!r} ({exc})") from exc
     if parts.scheme.lower() not in STREAM_SCHEMES or not parts.netloc:
         schemes = ", ".join(sorted(STREAM_SCHEMES))
-        raise InvalidRequest(f"{field} must be an absolute {schemes} URL, got {url!r}")
+        raise InvalidRequest(f"{field} must be an absolute {schemes} URL, got {shown!r}")
     return url
 
 

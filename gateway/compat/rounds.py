@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.client import GatewayCallError, GatewayClient, InvalidRound
 from gateway.compat.legacy import LegacyResult, describe_failure, legacy_result
+from gateway.redact import redact_url
 
 log = logging.getLogger("gateway.compat")
 
@@ -31,7 +32,12 @@ def stream_urls(round_id: str, *spellings: tuple[str | None, str | None]) -> tup
     urls = []
     for old, new in spellings:
         if old and new and old != new:
-            log.error("detect round=%r: two different stream URLs %r, %r", round_id, old, new)
+            log.error(
+                "detect round=%r: two different stream URLs %r, %r",
+                round_id,
+                redact_url(old),
+                redact_url(new),
+            )
             return None
         urls.append(old or new or "")
     return tuple(urls)

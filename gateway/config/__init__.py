@@ -26,7 +26,7 @@ The package is split by job, each module importing only those before it:
 Import from ``gateway.config``; the names below are its interface.
 """
 
-from gateway.config.credentials import MAX_SECRET_BYTES
+from gateway.config.credentials import MAX_SECRET_BYTES, command_line_redis_url, redis_url_file
 from gateway.config.model import (
     DEFAULT_ADDRESS,
     DEFAULT_BROKER_PORT,
@@ -63,9 +63,11 @@ __all__ = [
     "RedisConfig",
     "TableConfig",
     "TlsSettings",
+    "command_line_redis_url",
     "default_topics",
     "derive_broker_group",
     "dump_config",
     "load_config",
     "parse_config",
+    "redis_url_file",
 ]

@@ -27,6 +27,7 @@ from gateway.config.reading import (
     read_capped,
     text_problem,
 )
+from gateway.redact import has_password
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def redis_url(r: Section | None, env: Mapping[str, str], source: str) -> str | N
     """The Redis URL from ``url_file``, ``url_env``, ``url``, then GATEWAY_REDIS_URL."""
     url = env.get("GATEWAY_REDIS_URL") or None
     if r is None:
-        problem = None if url is None else _redis_url_problem(url)
+        problem = None if url is None else redis_url_problem(url)
         if problem is not None:
             fail(f"{source}: environment variable GATEWAY_REDIS_URL {problem}")
         return url
@@ -115,15 +116,52 @@ def redis_url(r: Section | None, env: Mapping[str, str], source: str) -> str | N
         if ref not in env:
             r.fail("url_env", f"environment variable {ref} is not set")
         url = env_secret(r, "url_env", ref, env[ref])
-    else:
-        url = r.opt_string("url") or url
-    problem = None if url is None else _redis_url_problem(url)
+    elif inline := r.opt_string("url"):
+        url = inline
+        if has_password(url):
+            log.warning(
+                "%s: redis.url has its password written in the config file; "
+                "prefer url_file or url_env",
+                r.source,
+            )
+    problem = None if url is None else redis_url_problem(url)
     if problem is not None:
         r.fail("url", problem)
     return url
 
 
-def _redis_url_problem(url: str) -> str | None:
+def command_line_redis_url(url: str) -> str:
+    """``--redis-url``, checked: a URL with a password is refused, since a command line is
+    visible to every process on the node (``ps``, ``/proc``) and in the pod spec."""
+    if has_password(url):
+        fail(
+            "--redis-url: the URL holds a password, which would be visible in the process "
+            "list and the pod spec; pass it with --redis-url-file PATH, the environment "
+            "variable GATEWAY_REDIS_URL, or redis.url_file / redis.url_env in the config"
+        )
+    problem = redis_url_problem(url)
+    if problem is not None:
+        fail(f"--redis-url: {problem}")
+    return url
+
+
+def redis_url_file(path: str) -> str:
+    """The Redis URL in the file ``--redis-url-file`` names (a mounted Secret), checked."""
+    try:
+        data = read_capped(path, MAX_SECRET_BYTES)
+    except Unreadable as exc:
+        fail(f"--redis-url-file: {path}: {exc.problem}", exc)
+    try:
+        url = data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        fail(f"--redis-url-file: {path}: not UTF-8 text", exc)
+    problem = "is empty" if not url else redis_url_problem(url)
+    if problem is not None:
+        fail(f"--redis-url-file: {path}: the URL {problem}")
+    return url
+
+
+def redis_url_problem(url: str) -> str | None:
     """Why the Redis client could not use the URL; never the URL itself (it may hold a
     password)."""
     problem = text_problem(url, controls=True)

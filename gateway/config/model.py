@@ -115,8 +115,9 @@ class RedisConfig:
 
     ``url`` is ``redis://``, ``rediss://`` (TLS), ``unix://`` or
     ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``
-    (``rediss+sentinel://`` for TLS to the master); it may carry a password, so it is
-    read from the environment or a file rather than written in a ConfigMap.
+    (``rediss+sentinel://`` for TLS to the Sentinels and the master); it may carry a
+    password, so it is read from the environment or a file rather than written in a
+    ConfigMap.
     """
 
     url: str | None = field(default=None, repr=False)

@@ -14,6 +14,7 @@ back, without any secret values; parsing the dump gives the same config.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,6 +54,8 @@ from gateway.config.validate import (
     table_fields,
 )
 from gateway.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 _GATEWAY = field_defaults(GatewayConfig)
 _TABLE = field_defaults(TableConfig)
@@ -188,6 +191,14 @@ def _broker_v1(b: Section, env: Mapping[str, str]) -> BrokerConfig:
         )
         if (tls.cert_file is None) != (tls.key_file is None):
             t.fail("cert_file", "cert_file and key_file must be given together")
+        if tls.insecure_skip_verify:
+            log.warning(
+                "%s: broker %s has tls.insecure_skip_verify: its certificate is not checked, "
+                "so anyone on the network path can pose as the broker and read its "
+                "credentials, commands and results",
+                b.source,
+                broker_id,
+            )
         name = tls.server_name
         if name is not None and (not name or name.startswith(".") or not resolvable(name)):
             t.fail("server_name", f"{show(name)} is not a host name")

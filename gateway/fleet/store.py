@@ -2,22 +2,27 @@
 
 URLs: ``redis://`` and ``rediss://`` (TLS, AUTH in the URL), ``unix://``, and
 ``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]`` (or
-``rediss+sentinel://``) for a Sentinel-managed master, which follows Redis failovers.
+``rediss+sentinel://``: TLS to the Sentinels and to the master) for a Sentinel-managed
+master, which follows Redis failovers. A ``rediss+sentinel://`` URL takes the TLS query
+options of a ``rediss://`` one (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``,
+``ssl_cert_reqs``, ``ssl_check_hostname``), for both the Sentinels and the master.
 Timeouts are short and redis-py's own retries are off: the election notices an
 unreachable store in well under a second and degrades instead of stalling.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gateway.config import RedisConfig
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
     import redis.asyncio as redis
+    from redis.asyncio.sentinel import SentinelConnectionPool
 
 SOCKET_TIMEOUT_S = 0.5
 RECORD_FIELD = "record"  # in Keys.group_hash
@@ -48,6 +53,53 @@ def connect(config: RedisConfig) -> redis.Redis:
     scheme = url.split("://", 1)[0]
     if not scheme.endswith("+sentinel"):
         return redis.from_url(url, **options)
+    plan = sentinel_plan(url)
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        plan.hosts, sentinel_kwargs=plan.sentinel_kwargs, **plan.master_kwargs, **options
+    )
+    master: redis.Redis = sentinel.master_for(
+        plan.service, connection_pool_class=_closing_sentinel_pool()
+    )
+    return master
+
+
+@functools.cache
+def _closing_sentinel_pool() -> type[SentinelConnectionPool]:
+    """The master's pool class, which closes the Sentinel clients too: the caller holds
+    only the master's client, and its ``aclose()`` must free every socket it opened."""
+    from redis.asyncio.sentinel import SentinelConnectionPool
+
+    class ClosingSentinelPool(SentinelConnectionPool):
+        """A Sentinel-managed master's pool that closes its Sentinels with itself."""
+
+        async def aclose(self) -> None:
+            """Close the master's connections, then the Sentinels' clients."""
+            try:
+                await super().aclose()
+            finally:
+                await self.sentinel_manager.aclose()
+
+    return ClosingSentinelPool
+
+
+@dataclass(frozen=True)
+class SentinelPlan:
+    """What a Sentinel URL asks for: where the Sentinels are, the master's service name,
+    and the connection options for the Sentinels and for the master."""
+
+    hosts: list[tuple[str, int]]
+    service: str
+    sentinel_kwargs: dict[str, object] = field(repr=False)
+    master_kwargs: dict[str, object] = field(repr=False)
+
+
+def sentinel_plan(url: str) -> SentinelPlan:
+    """How ``connect`` reaches a ``redis+sentinel://`` or ``rediss+sentinel://`` master.
+
+    With ``rediss+sentinel`` both the Sentinels and the master are spoken to over TLS
+    (redis-py's Sentinel would otherwise ask the Sentinels in plaintext, the password
+    included). Messages never show the password.
+    """
     parts = urlsplit(url)
     password = unquote(parts.password) if parts.password else None
     hosts = []
@@ -60,16 +112,33 @@ def connect(config: RedisConfig) -> redis.Redis:
     if not path:
         raise ConfigError("Redis Sentinel URL: the master's service name is missing")
     db = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
-        hosts,
-        sentinel_kwargs={"password": password, "socket_timeout": SOCKET_TIMEOUT_S},
-        password=password,
-        db=db,
-        ssl=scheme.startswith("rediss"),
-        **options,
-    )
-    master: redis.Redis = sentinel.master_for(path[0])
-    return master
+    tls: dict[str, object] = {}
+    if parts.scheme.startswith("rediss"):
+        tls = {"ssl": True, **_tls_options(parse_qsl(parts.query))}
+    sentinels = {"password": password, "socket_timeout": SOCKET_TIMEOUT_S,
+                 "socket_connect_timeout": SOCKET_TIMEOUT_S, **tls}  # fmt: skip
+    return SentinelPlan(hosts, path[0], sentinels, {"password": password, "db": db, **tls})
+
+
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def _tls_options(query: list[tuple[str, str]]) -> dict[str, object]:
+    """The TLS options a ``rediss://`` URL may carry in its query, as redis-py's names."""
+    out: dict[str, object] = {}
+    for key, value in query:
+        if key in _TLS_FILES:
+            out[key] = value
+        elif key == "ssl_cert_reqs":
+            if value not in ("none", "optional", "required"):
+                raise ConfigError("Redis Sentinel URL: ssl_cert_reqs is none, optional or required")
+            out[key] = value
+        elif key == "ssl_check_hostname":
+            if value.lower() not in _BOOLS:
+                raise ConfigError("Redis Sentinel URL: ssl_check_hostname is true or false")
+            out[key] = _BOOLS[value.lower()]
+    return out
 
 
 @dataclass(frozen=True)

@@ -308,7 +308,7 @@ class GatewayService(pb_grpc.GatewayServiceServicer):
         if not request.fleet:
             return response
         if self._fleet is None:
-            response.fleet_error = "no shared store configured (--redis-url)"
+            response.fleet_error = "no shared store configured (--redis-url-file, redis.url_file)"
             return response
         try:
             fleet = await self._fleet()

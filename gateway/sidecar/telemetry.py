@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
 from gateway.errors import ConfigError
+from gateway.redact import RedactingFilter
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class JsonFormatter(logging.Formatter):
         if ids := _trace_ids():
             doc["trace_id"], doc["span_id"] = ids
         if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
+            doc["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)
 
 
@@ -100,10 +101,12 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "INFO", fmt: str = "auto") -> None:
-    """Configure the root logger once: ``fmt`` is auto, json or text."""
+    """Configure the root logger once: ``fmt`` is auto, json or text; every record goes
+    through ``gateway.redact.RedactingFilter``, so no URL password reaches the output."""
     handler = logging.StreamHandler(sys.stderr)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

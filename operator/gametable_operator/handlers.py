@@ -28,6 +28,7 @@ from gametable_operator.render import (
 )
 from gateway.config import ConfigError, RedisConfig
 from gateway.fleet.store import connect
+from gateway.redact import RedactingFilter
 
 GAMETABLES = (GROUP, VERSION, "gametables")
 OWNED_BY = f"{GROUP}/gametable"
@@ -86,6 +87,9 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         raise kopf.PermanentError(f"bad operator settings: {exc}") from exc  # stops the operator
     cfg = runtime.settings
     logging.getLogger().setLevel(cfg.log_level)
+    for handler in logging.getLogger().handlers:  # kopf's; a URL password never gets out
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"

@@ -253,6 +253,50 @@ async def test_serve_runs_the_predecessor_file_unchanged(
     assert not any("wago" in line for line in logs.decode().splitlines())
 
 
+async def test_serve_takes_a_redis_password_from_a_file_never_the_command_line(
+    broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    """--redis-url with a password exits 2 naming the alternatives; --redis-url-file works,
+    and the password is in neither the process's command line nor its logs."""
+    from gateway.config import RedisConfig
+    from gateway.devtools.sandbox import RedisProcess, free_port
+    from gateway.fleet.store import connect
+
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps({
+        "version": 1, "table": {"game": "roulette", "code": "ARO-SECRET"},
+        "brokers": [{"host": "127.0.0.1", "port": broker.port}],
+    }))  # fmt: skip
+    async with RedisProcess(password="s3cret-redis") as r:
+        code, _, err = await run(*gateway("serve", "--config", str(path), "--redis-url", r.url))
+        assert code == 2
+        assert "--redis-url-file" in err and "GATEWAY_REDIS_URL" in err
+        assert "s3cret-redis" not in err
+        url_file = tmp_path / "redis-url"
+        url_file.write_text(r.url + "\n")
+        address = f"127.0.0.1:{free_port()}"
+        proc = await asyncio.create_subprocess_exec(
+            *gateway("--log-format", "json", "serve", "--config", str(path), "--listen",
+                     address, "--redis-url-file", str(url_file)),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        store = connect(RedisConfig(url=r.url))
+        try:
+            async with asyncio.timeout(15):
+                await wait_health(address, "SERVING")
+                # The sidecar's view of the brokers in Redis: seen only by asking Redis.
+                while not await store.keys("studio-gateway:*"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            cmdline = await asyncio.to_thread(Path(f"/proc/{proc.pid}/cmdline").read_bytes)
+            assert b"s3cret-redis" not in cmdline
+        finally:
+            await store.aclose()
+            proc.terminate()
+            _, logs = await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0
+    assert b"s3cret-redis" not in logs
+
+
 async def test_serve_on_a_busy_port_says_so(broker: MosquittoProcess, tmp_path: Path) -> None:
     """A second sidecar on a port already in use exits non-zero with a clear message."""
     async with Stack([broker], "roulette") as s:

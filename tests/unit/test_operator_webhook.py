@@ -285,6 +285,22 @@ def test_sicbo_secret_layout() -> None:
     }
 
 
+def test_redis_url_reaches_the_sidecar_as_a_secret_file_never_an_argument() -> None:
+    """The Redis URL (it may hold a password) is neither in the args nor in the env."""
+    gametable = _applied("sicbo")
+    assert "redis" in gametable["spec"]
+    pod = webhook.inject(_deployment_pod(), gametable, DEFAULTS)
+    sidecar = _sidecar(pod)
+    args = build_parser().parse_args(sidecar["args"])
+    assert args.redis_url is None and args.redis_url_file is None
+    assert not [a for a in sidecar["args"] if "redis" in a.lower()]
+    for env in sidecar["env"]:
+        assert "redis" not in env["name"].lower()
+        assert "redis" not in str(env.get("value", "")).lower()
+    assert render_document(gametable)["redis"]["url_file"] == f"{SECRETS_MOUNT}/redis/url"
+    assert f"{SECRETS_MOUNT}/redis/url" in _mounted_secret_files(pod)
+
+
 def test_existing_init_containers_and_volumes_are_kept_after_ours() -> None:
     """The pod's own init containers and volumes stay, in order, after the sidecar's."""
     original = _deployment_pod()
