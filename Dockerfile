@@ -5,6 +5,10 @@
 # /etc/ssl/certs/ca-certificates.crt. Both stages use it, so the venv's interpreter link
 # resolves in the final image. Where no registry is reachable, scripts/build-image makes
 # one with debootstrap and passes it here.
+# Pinned by tag only: no container registry is reachable where this file is maintained,
+# so no digest could be read. A release build passes the digest it resolved, as
+# --build-arg BASE_IMAGE=python:3.11-slim-bookworm@sha256:<digest>, or sets it here
+# (docs/image.md, "Pinning the base image").
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
@@ -17,16 +21,27 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
 
 WORKDIR /src
+# Every dependency and the build backend from requirements.lock (scripts/lock), each file
+# checked against its pinned SHA-256 and only as a wheel (no build script of a dependency
+# runs). Before the source is copied, so that this layer is rebuilt only when the lock
+# changes.
+COPY requirements.lock ./
+RUN python3 -m venv /opt/gateway \
+    && /opt/gateway/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: \
+      -r requirements.lock
+
 # Only what the wheel is built from (.dockerignore keeps everything else out as well).
 COPY pyproject.toml README.md ./
 COPY gateway/ gateway/
 COPY operator/ operator/
 
-# A regular (non-editable) install without the dev extras, compiled to bytecode here
-# because the root filesystem is read-only at run time. pip and setuptools then leave the
-# venv: nothing installs packages at run time.
-RUN python3 -m venv /opt/gateway \
-    && /opt/gateway/bin/pip install --no-cache-dir . \
+# The project alone (--no-deps), built with the locked setuptools (--no-build-isolation
+# fetches nothing unpinned): a regular (non-editable) install without the dev extras,
+# compiled to bytecode here because the root filesystem is read-only at run time.
+# `pip check` fails the build if the lock misses a requirement. pip and setuptools then
+# leave the venv: nothing installs packages at run time.
+RUN /opt/gateway/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/gateway/bin/pip check \
     && /opt/gateway/bin/pip uninstall --yes pip setuptools
 
 
