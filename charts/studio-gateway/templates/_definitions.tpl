@@ -67,7 +67,7 @@ app.kubernetes.io/part-of: studio-gateway
 {{- if eq .Values.redis.mode "external" }}
 {{- required "redis.external.existingSecret is required when redis.mode is external" .Values.redis.external.existingSecret }}
 {{- else if eq .Values.redis.mode "embedded" }}
-{{- printf "%s-redis" (include "studio-gateway.fullname" .) }}
+{{- .Values.redis.embedded.auth.existingSecret | default (printf "%s-redis" (include "studio-gateway.fullname" .)) }}
 {{- end }}
 {{- end }}
 
