@@ -36,6 +36,7 @@ def connect(config: RedisConfig) -> redis.Redis:
     from redis.asyncio.retry import Retry
     from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
 
     url = config.url
     if url is None:
@@ -52,7 +53,14 @@ def connect(config: RedisConfig) -> redis.Redis:
     }
     scheme = url.split("://", 1)[0]
     if not scheme.endswith("+sentinel"):
-        return redis.from_url(url, **options)
+        # One immediate retry, on a connection error only: a pooled connection that a
+        # restarted Redis closed is replaced at once instead of failing the command (and
+        # the election calling the store unreachable until its next refresh). A timeout
+        # (a paused Redis) is not retried: it costs one socket timeout, never two. Not
+        # through Sentinel, where "no master found" is a connection error too and a
+        # retry would only repeat the discovery.
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+        return redis.from_url(url, **{**options, "retry": retry})
     plan = sentinel_plan(url)
     sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         plan.hosts, sentinel_kwargs=plan.sentinel_kwargs, **plan.master_kwargs, **options

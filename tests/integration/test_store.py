@@ -130,3 +130,17 @@ async def test_rediss_sentinel_speaks_tls_to_the_sentinel_and_the_master(tmp_pat
         finally:
             for c in (client, direct, plain):
                 await c.aclose()
+
+
+async def test_a_restarted_redis_costs_no_failed_command() -> None:
+    """Redis restarts under a client with a pooled connection: the next command is sent
+    again on a new connection instead of failing (the election would call the store
+    unreachable until its next refresh)."""
+    async with RedisProcess() as r:
+        client = connect(RedisConfig(url=f"redis://127.0.0.1:{r.port}/0"))
+        try:
+            assert await client.set("k", "v")
+            await r.restart()  # the pooled connection is now closed by the server
+            assert await client.get("k") is None  # a fresh server, reached on the first try
+        finally:
+            await client.aclose()
