@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from gateway.config import RedisConfig
@@ -62,7 +62,9 @@ def connect(config: RedisConfig) -> redis.Redis:
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         return redis.from_url(url, **{**options, "retry": retry})
     plan = sentinel_plan(url)
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+    # Any: redis-py before 8.2 leaves Sentinel unannotated, 8.2 types each keyword.
+    make_sentinel: Any = Sentinel
+    sentinel = make_sentinel(
         plan.hosts, sentinel_kwargs=plan.sentinel_kwargs, **plan.master_kwargs, **options
     )
     master: redis.Redis = sentinel.master_for(

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import redis.asyncio as redis
 from opentelemetry import metrics
@@ -381,4 +382,5 @@ class SharedElector:
                 await asyncio.sleep(self._r.refresh_s)
             finally:
                 with contextlib.suppress(RedisError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    close: Any = pubsub.aclose  # unannotated before redis-py 8.2
+                    await close()
