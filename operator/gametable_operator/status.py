@@ -3,11 +3,16 @@
 The sidecars' keys are read with the gateway's own readers (``gateway.fleet.stats.read_fleet``,
 ``gateway.fleet.records.read_group``), so the key layout is defined once; what does not
 parse there is skipped, never raised.
+
+Each condition is written in the shape of ``metav1.Condition`` (``type``, ``status``,
+``observedGeneration``, ``lastTransitionTime``, ``reason``, ``message``), and every write
+carries the full list, so a status an older operator left is replaced, not merged into.
 """
 
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +28,14 @@ from gateway.fleet.stats import SidecarStats, read_fleet
 from gateway.fleet.store import Keys
 
 READY, RENDERED, DEGRADED = "Ready", "ConfigRendered", "Degraded"
+
+# The limits metav1.Condition puts on reason and message (the CRD states them too): a status
+# write that broke them would be refused by the API server, and the status would go stale.
+REASON_PATTERN = re.compile(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?")  # for fullmatch
+MAX_REASON, MAX_MESSAGE = 1024, 32768
+FALLBACK_REASON = "Unspecified"
+# RFC 3339 as the API server's date-time format reads it, e.g. 2025-03-01T12:00:00Z.
+_TIMESTAMP = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 
 
 @dataclass(frozen=True)
@@ -148,15 +161,28 @@ def status_patch(
     previous: Sequence[Mapping[str, Any]] | None,
     now: datetime.datetime | None = None,
 ) -> dict[str, Any]:
-    """The ``status`` to write: conditions keep their ``lastTransitionTime`` while unchanged."""
+    """The ``status`` to write, the full conditions list in the metav1.Condition shape.
+
+    A condition keeps the ``lastTransitionTime`` of the previous condition of its type while
+    its status is unchanged; a previous condition without a usable time (as the schema before
+    metav1.Condition allowed) gets ``now``.
+    """
     stamp = (now or datetime.datetime.now(tz=datetime.UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    before = {c.get("type"): c for c in previous or []}
+    before = {c.get("type"): c for c in previous or [] if isinstance(c, Mapping)}
     out = []
     for c in conditions(generation, rendered, seen):
         old = before.get(c.type) or {}
         since = old.get("lastTransitionTime") if old.get("status") == c.status else None
-        out.append({"type": c.type, "status": c.status, "reason": c.reason,
-                    "message": c.message, "lastTransitionTime": since or stamp})  # fmt: skip
+        out.append(
+            {
+                "type": c.type,
+                "status": c.status,
+                "observedGeneration": generation,
+                "lastTransitionTime": since if _is_timestamp(since) else stamp,
+                "reason": _reason(c.reason),
+                "message": _message(c.message),
+            }
+        )
     status: dict[str, Any] = {"observedGeneration": generation, "conditions": out}
     if seen.configured and not seen.error:
         status.update(
@@ -168,3 +194,27 @@ def status_patch(
     else:  # unknown now: clear what the last good read left (None deletes in a merge patch)
         status.update(activeBroker=None, epoch=None, liveSidecars=None, appliedSidecars=None)
     return status
+
+
+def _is_timestamp(value: object) -> bool:
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        return False
+    try:
+        datetime.datetime.fromisoformat(value)
+    except ValueError:  # 2025-02-30T00:00:00Z has the shape but is no date
+        return False
+    return True
+
+
+def _reason(reason: str) -> str:
+    """The reason, or a fallback where it is not the CamelCase word the schema requires."""
+    if len(reason) <= MAX_REASON and REASON_PATTERN.fullmatch(reason):
+        return reason
+    return FALLBACK_REASON
+
+
+def _message(message: str) -> str:
+    """The message, cut to the schema's limit (an API error can quote a long body)."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    return message[: MAX_MESSAGE - 1] + "\u2026"

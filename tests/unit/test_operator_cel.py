@@ -2,7 +2,9 @@
 
 The API server types CEL values by the schema, not by the JSON (``type: number`` is a CEL
 double even when the JSON holds ``10``), applies schema defaults before validating, and
-evaluates a rule only when the object carrying it is present. The functions below do the same.
+evaluates a rule only when the object carrying it is present. A transition rule (one naming
+``oldSelf``) runs only on an update, and only where the old object has the value too. The
+functions below do the same.
 """
 
 from __future__ import annotations
@@ -34,6 +36,11 @@ class Rule:
     rule: str
     message: str
     field_path: str
+
+    @property
+    def transition(self) -> bool:
+        """Whether the rule compares with the stored object (runs on updates only)."""
+        return "oldSelf" in self.rule
 
 
 def _children(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -124,15 +131,29 @@ def _nodes(value: Any, schema: dict[str, Any], path: str = "") -> Iterator[tuple
             yield from _nodes(value[step[1:]], sub, path + step)
 
 
-def outcomes(gametable: dict[str, Any]) -> dict[Rule, list[bool]]:
-    """Each evaluated rule's results, one per object it applies to; absent objects are skipped."""
-    stored = _typed(_with_defaults(gametable, SCHEMA), SCHEMA)
+def _stored(gametable: dict[str, Any]) -> Any:
+    return _typed(_with_defaults(gametable, SCHEMA), SCHEMA)
+
+
+def outcomes(
+    gametable: dict[str, Any], old: dict[str, Any] | None = None
+) -> dict[Rule, list[bool]]:
+    """Each evaluated rule's results, one per object it applies to; absent objects are skipped.
+
+    With ``old`` this is an update: transition rules run where both objects hold the value.
+    """
+    before = {path: value for path, _, value in _nodes(_stored(old), SCHEMA)} if old else {}
     results: dict[Rule, list[bool]] = {}
-    for path, schema, value in _nodes(stored, SCHEMA):
+    for path, schema, value in _nodes(_stored(gametable), SCHEMA):
         for rule in (r for r in RULES if r.path == path):
             assert schema.get("x-kubernetes-validations"), path
+            context = {"self": json_to_cel(value)}
+            if rule.transition:
+                if path not in before:
+                    continue
+                context["oldSelf"] = json_to_cel(before[path])
             try:
-                result = _program(rule.rule).evaluate({"self": json_to_cel(value)})
+                result = _program(rule.rule).evaluate(context)
             except CELEvalError as exc:
                 pytest.fail(f"{path}: {rule.rule!r} did not evaluate: {exc}")
             assert isinstance(result, celpy.celtypes.BoolType), (path, rule.rule, result)
@@ -140,8 +161,8 @@ def outcomes(gametable: dict[str, Any]) -> dict[Rule, list[bool]]:
     return results
 
 
-def violated(gametable: dict[str, Any]) -> set[Rule]:
-    return {rule for rule, results in outcomes(gametable).items() if not all(results)}
+def violated(gametable: dict[str, Any], old: dict[str, Any] | None = None) -> set[Rule]:
+    return {rule for rule, results in outcomes(gametable, old).items() if not all(results)}
 
 
 def _example(name: str) -> dict[str, Any]:
@@ -166,11 +187,16 @@ class Case:
     message: str  # a unique part of the rule's message
     broken: Edit
     twin: Edit
+    update: bool = False  # the edit updates the stored example: transition rules see oldSelf
 
     def build(self, edit: Edit) -> dict[str, Any]:
         gametable = _example(self.example)
         edit(gametable["spec"])
         return gametable
+
+    def old(self) -> dict[str, Any] | None:
+        """The stored object an update case changes; None for a create."""
+        return _example(self.example) if self.update else None
 
 
 def _brokers(spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -179,17 +205,19 @@ def _brokers(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 CASES = {
-    "duplicate-broker-ids": Case(
-        "sicbo",
-        "broker ids must be unique",
-        lambda s: _brokers(s)[1].update(id="mqtt-a"),
-        lambda s: _brokers(s)[1].update(id="mqtt-c"),
-    ),
-    "three-brokers-one-duplicate": Case(
+    "game-changed": Case(
         "roulette",
-        "broker ids must be unique",
-        lambda s: _brokers(s).append({**_brokers(s)[0], "priority": 3}),
+        "game cannot change on a live table",
+        lambda s: s.update(game="baccarat"),
+        lambda s: s["detect"].update(timeoutSeconds=5),
+        update=True,
+    ),
+    "table-code-changed": Case(
+        "sicbo",
+        "tableCode cannot change on a live table",
+        lambda s: s.update(tableCode="SBO-002"),
         lambda s: _brokers(s).append({**_brokers(s)[0], "id": "mqtt-third", "priority": 3}),
+        update=True,
     ),
     "shaker-on-baccarat": Case(
         "baccarat",
@@ -233,9 +261,13 @@ CASES = {
 
 
 def test_crd_has_cel_rules() -> None:
-    """The walk finds the rules on spec, brokerGroup and detect."""
-    assert {r.path for r in RULES} == {".spec", ".spec.brokerGroup", ".spec.detect"}
+    """The walk finds the rules on spec, game, tableCode and detect."""
+    paths = {".spec", ".spec.game", ".spec.tableCode", ".spec.detect"}
+    assert {r.path for r in RULES} == paths
     assert len(RULES) == len({(r.path, r.rule) for r in RULES})
+    assert {r.path for r in RULES if r.transition} == {".spec.game", ".spec.tableCode"}
+    # outcomes() pairs old and new values by path, which a list item does not have.
+    assert not [r for r in RULES if r.transition and "[*]" in r.path]
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r.path}:{r.message[:30]}")
@@ -259,11 +291,23 @@ def test_every_rule_passes_on_the_examples(path: Path) -> None:
 
 
 def test_examples_evaluate_every_rule() -> None:
-    """Together the examples reach every rule, so the pass above covers them all."""
-    reached = set()
+    """Together the examples reach every rule when created, and updated to themselves."""
+    created: set[Rule] = set()
+    updated: set[Rule] = set()
     for path in EXAMPLES:
-        reached |= set(outcomes(yaml.safe_load(path.read_text())))
-    assert reached == set(RULES)
+        gametable = yaml.safe_load(path.read_text())
+        created |= set(outcomes(gametable))
+        results = outcomes(gametable, old=gametable)
+        assert all(all(r) for r in results.values()), path.name
+        updated |= set(results)
+    assert created == {r for r in RULES if not r.transition}
+    assert updated == set(RULES)
+
+
+def test_transition_rules_are_skipped_on_create() -> None:
+    """A new GameTable has no oldSelf: the immutability rules do not run on create."""
+    evaluated = {r.path for r in outcomes(_example("sicbo"))}
+    assert ".spec.game" not in evaluated and ".spec.tableCode" not in evaluated
 
 
 def test_rules_on_absent_objects_are_not_evaluated() -> None:
@@ -271,7 +315,39 @@ def test_rules_on_absent_objects_are_not_evaluated() -> None:
     gametable = _example("baccarat")
     del gametable["spec"]["detect"]
     evaluated = {r.path for r in outcomes(gametable)}
-    assert ".spec.detect" not in evaluated and ".spec.brokerGroup" in evaluated
+    assert ".spec.detect" not in evaluated and ".spec" in evaluated
+
+
+def test_broker_ids_are_the_keys_of_a_map_list() -> None:
+    """brokers is a map list keyed by id, so the API server itself refuses a repeated id."""
+    brokers = _schema_at(".spec.brokerGroup.brokers")
+    assert (brokers["x-kubernetes-list-type"], brokers["x-kubernetes-list-map-keys"]) == (
+        "map",
+        ["id"],
+    )
+    assert "id" in brokers["items"]["required"]
+    # No CEL rule repeats the check: comparing every pair of ids would cost O(n^2).
+    assert not [r for r in RULES if "brokers" in r.rule]
+
+
+def _lists(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    if schema.get("type") == "array":
+        yield path, schema
+    for step, sub in _children(schema):
+        yield from _lists(sub, path + step)
+
+
+def test_every_map_list_key_is_a_required_scalar() -> None:
+    """Each map list's keys are scalars the items must carry, as the API server requires."""
+    maps = {p: s for p, s in _lists(SCHEMA) if s.get("x-kubernetes-list-type") == "map"}
+    assert set(maps) == {".spec.brokerGroup.brokers", ".status.conditions"}
+    for path, schema in maps.items():
+        items = schema["items"]
+        assert items["type"] == "object", path
+        for key in schema["x-kubernetes-list-map-keys"]:
+            assert key in items["required"], (path, key)
+            assert items["properties"][key]["type"] in {"string", "integer", "boolean"}
+            assert "default" not in items["properties"][key], (path, key)
 
 
 def test_detect_defaults_apply_before_the_rules() -> None:
@@ -286,15 +362,15 @@ def test_detect_defaults_apply_before_the_rules() -> None:
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_broken_gametable_fails_exactly_its_rule(case: Case) -> None:
     """The broken GameTable violates the named rule and no other."""
-    assert violated(case.build(case.broken)) == {_rule(case.message)}
+    assert violated(case.build(case.broken), case.old()) == {_rule(case.message)}
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_near_valid_twin_passes_every_rule(case: Case) -> None:
     """The twin, one small change away from broken, satisfies every rule."""
     twin = case.build(case.twin)
-    assert violated(twin) == set()
-    assert _rule(case.message) in outcomes(twin)
+    assert violated(twin, case.old()) == set()
+    assert _rule(case.message) in outcomes(twin, case.old())
 
 
 def test_every_rule_has_a_broken_case() -> None:

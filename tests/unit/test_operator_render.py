@@ -89,10 +89,13 @@ def test_crd_names_and_printer_columns() -> None:
 
 
 def test_crd_carries_the_cel_rules() -> None:
-    """The CEL rules that jsonschema cannot evaluate are present in the CRD."""
+    """The CEL rules and list keys that jsonschema cannot evaluate are present in the CRD."""
     spec = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    group_rules = [r["rule"] for r in spec["properties"]["brokerGroup"]["x-kubernetes-validations"]]
-    assert group_rules == ["self.brokers.all(b, self.brokers.filter(c, c.id == b.id).size() == 1)"]
+    brokers = spec["properties"]["brokerGroup"]["properties"]["brokers"]
+    assert brokers["x-kubernetes-list-map-keys"] == ["id"]  # the API server refuses repeats
+    for field in ("game", "tableCode"):
+        rules = [r["rule"] for r in spec["properties"][field]["x-kubernetes-validations"]]
+        assert rules == ["self == oldSelf"], field
     spec_rules = " ".join(r["rule"] for r in spec["x-kubernetes-validations"])
     assert "has(self.shaker)" in spec_rules and "has(self.streams.output)" in spec_rules
 
@@ -221,6 +224,23 @@ def test_broken_gametables_fail_to_render(edit: Any, expected: str) -> None:
         render_configmap(gametable)
     assert info.value.message.startswith("GameTable studio-a/sbo-001: ")
     assert expected in info.value.message
+
+
+def test_repeated_broker_id_is_refused_by_render_config() -> None:
+    """A repeated broker id is refused when rendering too, naming both brokers and the id.
+
+    The CRD leaves the check to the API server (brokers is a map list keyed by id); a
+    GameTable that reaches the operator another way is still caught here.
+    """
+    gametable = _applied("roulette")
+    brokers = gametable["spec"]["brokerGroup"]["brokers"]
+    brokers.append({**brokers[0], "priority": 3})
+    with pytest.raises(InvalidGameTable) as info:
+        render_config(gametable)
+    assert info.value.message == (
+        f"GameTable studio-b/aro-001: spec.brokerGroup.brokers[{len(brokers) - 1}]: "
+        f"duplicate broker id {brokers[0]['id']!r} (also brokers[0])"
+    )
 
 
 def test_cli_prints_the_configmap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

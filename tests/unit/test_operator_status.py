@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import itertools
+import re
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -16,6 +19,29 @@ from gateway.fleet.stats import BrokerStat, SidecarStats
 ROOT = Path(__file__).parents[2]
 CRD = yaml.safe_load((ROOT / "operator" / "gametable_operator" / "crd.yaml").read_text())
 STATUS_SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+CONDITION_SCHEMA = STATUS_SCHEMA["properties"]["conditions"]["items"]
+# jsonschema checks date-time only with an extra package; this one reads it as the API server
+# does (RFC 3339, e.g. 2025-03-01T12:00:00Z). int64 is checked for range.
+FORMATS = jsonschema.FormatChecker(formats=())
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
+
+
+@FORMATS.checks("date-time", raises=ValueError)
+def _date_time(value: object) -> bool:
+    if not isinstance(value, str):
+        return True  # the type keyword judges non-strings
+    datetime.datetime.fromisoformat(value)  # ValueError for a day that does not exist
+    return RFC3339.fullmatch(value) is not None
+
+
+@FORMATS.checks("int64")
+def _int64(value: object) -> bool:
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
+
+
+def _check(instance: Any, schema: dict[str, Any]) -> None:
+    jsonschema.Draft4Validator(schema, format_checker=FORMATS).validate(instance)
+
 
 GENERATION = 5
 RENDERED = Rendered(True, "Rendered", "ConfigMap sbo-001-gateway holds generation 5")
@@ -242,9 +268,81 @@ def test_status_patch_fits_the_crd_status_schema(seen: Observed) -> None:
     """The patch, with nulls dropped as a merge patch does, fits the CRD's status schema."""
     patch = status.status_patch(GENERATION, RENDERED, seen, None, now=T0)
     stored = {k: v for k, v in patch.items() if v is not None}
-    jsonschema.validate(stored, STATUS_SCHEMA)
+    _check(stored, STATUS_SCHEMA)
     for condition in stored["conditions"]:
-        # jsonschema does not check date-time without an extra package; RFC 3339 in UTC.
         stamp = condition["lastTransitionTime"]
         assert stamp.endswith("Z")
         assert datetime.datetime.fromisoformat(stamp) == T0
+
+
+def test_format_checker_refuses_what_the_api_server_refuses() -> None:
+    """The date-time check used below refuses a time the API server would refuse."""
+    condition = {"type": "Ready", "status": "True", "reason": "SidecarsReady", "message": ""}
+    _check({**condition, "lastTransitionTime": "2025-03-01T12:00:00Z"}, CONDITION_SCHEMA)
+    for stamp in ("yesterday", "2025-03-01 12:00:00", "2025-02-30T12:00:00Z"):
+        with pytest.raises(jsonschema.ValidationError):
+            _check({**condition, "lastTransitionTime": stamp}, CONDITION_SCHEMA)
+
+
+SEEN = {
+    "healthy": HEALTHY,
+    "unconfigured": Observed(configured=False),
+    "redis-error": Observed(error="cannot read Redis: Connection refused"),
+    "no-sidecars": Observed(active_broker="mqtt-a", epoch=7),
+    "rolling": Observed(sidecars=(_sidecar("SBO-001-aaaa0001", GENERATION - 1),)),
+    "no-active-broker": Observed(sidecars=HEALTHY.sidecars),
+    "conflict": Observed(sidecars=HEALTHY.sidecars, conflict="no broker in common"),
+    "rejected": Observed(sidecars=(_sidecar("SBO-001-aaaa0001", config_error="bad port"),)),
+    "broker-down": Observed(sidecars=(_sidecar("SBO-001-aaaa0001", down=("mqtt-b",)),)),
+}
+RENDERINGS = {
+    "rendered": RENDERED,
+    "invalid": INVALID,
+    "apply-failed": Rendered(False, "ApplyFailed", "configmaps is forbidden: RBAC"),
+}
+
+
+def test_every_reason_yields_a_metav1_condition() -> None:
+    """Every condition status.py can produce validates against the CRD's condition schema."""
+    reasons = set()
+    for rendered, seen in itertools.product(RENDERINGS.values(), SEEN.values()):
+        patch = status.status_patch(GENERATION, rendered, seen, None, now=T0)
+        for condition in patch["conditions"]:
+            _check(condition, CONDITION_SCHEMA)
+            assert condition["observedGeneration"] == GENERATION
+            reasons.add((condition["type"], condition["reason"]))
+    # Every reason the code writes (a new one must be added here, and so checked).
+    assert reasons == {
+        *(("Ready", r) for r in ("SidecarsReady", "NoSidecars", "Rolling", "NoActiveBroker")),
+        *(("Ready", r) for r in ("NoStatusSource", "RedisUnavailable", "InvalidSpec")),
+        ("Ready", "ApplyFailed"),
+        *(("ConfigRendered", r) for r in ("Rendered", "InvalidSpec", "ApplyFailed")),
+        *(("Degraded", r) for r in ("Healthy", "NoStatusSource", "RedisUnavailable")),
+        *(("Degraded", r) for r in ("BrokerListConflict", "ConfigRejected", "BrokerDown")),
+    }
+
+
+def test_previous_release_conditions_are_replaced_whole() -> None:
+    """Conditions with only type and status (the old schema's minimum) give way to full ones."""
+    previous = [
+        {"type": "Ready", "status": "True"},
+        {"type": "ConfigRendered", "status": "True", "lastTransitionTime": "not a time"},
+        {"type": "Retired", "status": "False"},
+    ]
+    patch = status.status_patch(GENERATION, RENDERED, HEALTHY, previous, now=T1)
+    # A merge patch replaces the list: what status_patch returns is the whole stored list.
+    _check({"conditions": patch["conditions"]}, STATUS_SCHEMA)
+    assert [c["type"] for c in patch["conditions"]] == ["Ready", "ConfigRendered", "Degraded"]
+    # Same status, but no usable time to keep: stamped with the time of this write.
+    assert {c["lastTransitionTime"] for c in patch["conditions"]} == {"2025-03-01T12:05:00Z"}
+
+
+def test_reason_and_message_are_kept_within_the_schema() -> None:
+    """An unusable reason falls back to a valid word; an overlong message is cut to the limit."""
+    rendered = Rendered(False, "apply failed: 500", "x" * (status.MAX_MESSAGE + 10))
+    patch = status.status_patch(GENERATION, rendered, HEALTHY, None, now=T0)
+    config = next(c for c in patch["conditions"] if c["type"] == "ConfigRendered")
+    _check(config, CONDITION_SCHEMA)
+    assert config["reason"] == status.FALLBACK_REASON
+    assert CONDITION_SCHEMA["properties"]["message"]["maxLength"] == status.MAX_MESSAGE
+    assert len(config["message"]) == status.MAX_MESSAGE and config["message"].startswith("xxx")
