@@ -71,7 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def kopf_argv(env: Mapping[str, str]) -> list[str]:
     """The ``kopf run`` arguments for the operator's settings (ConfigError if they are bad)."""
     cfg = from_env(env)
-    argv = ["run", "--standalone", "--log-format", "json", "-m", "gametable_operator.handlers"]
+    argv = ["run", "--log-format", "json", "-m", "gametable_operator.handlers"]
+    argv += ["--peering", cfg.peering] if cfg.peering else ["--standalone"]
     argv += ["--liveness", cfg.liveness]
     if cfg.log_level == "DEBUG":
         argv.append("--verbose")

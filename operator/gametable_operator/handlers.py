@@ -6,8 +6,11 @@ Rendering is in ``render.py``, status in ``status.py``, the pod mutation in ``we
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import random
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +18,10 @@ from typing import Any
 import kopf
 import redis.asyncio as redis
 
+from gametable_operator import metrics, webhook
 from gametable_operator import settings as settings_mod
 from gametable_operator import status as st
-from gametable_operator import webhook
-from gametable_operator.kube import ApiError, KubeApi
+from gametable_operator.kube import FIELD_MANAGER, ApiError, KubeApi
 from gametable_operator.render import (
     GROUP,
     VERSION,
@@ -31,6 +34,9 @@ from gateway.fleet.store import connect
 from gateway.redact import RedactingFilter
 
 GAMETABLES = (GROUP, VERSION, "gametables")
+REFRESH = "refresh-status"
+UNAVAILABLE = 503  # the webhook's answer when it cannot read the GameTable
+FOREIGN = "AlreadyExists"  # the reason of the refusal to take over a ConfigMap
 OWNED_BY = f"{GROUP}/gametable"
 
 
@@ -45,9 +51,9 @@ def _interval_from_env() -> float:
 @dataclass
 class _Runtime:
     settings: settings_mod.OperatorSettings
-    connection: kopf.ConnectionInfo | None = None
     api: KubeApi | None = None
     redis: redis.Redis | None = None
+    metrics: metrics.MetricsServer | None = None
 
 
 runtime = _Runtime(settings_mod.OperatorSettings())
@@ -87,6 +93,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         raise kopf.PermanentError(f"bad operator settings: {exc}") from exc  # stops the operator
     cfg = runtime.settings
     logging.getLogger().setLevel(cfg.log_level)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # not a line per API request
     for handler in logging.getLogger().handlers:  # kopf's; a URL password never gets out
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
@@ -96,6 +103,15 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     )
     settings.persistence.finalizer = f"{GROUP}/operator"
     settings.posting.level = logging.WARNING  # events for problems, not for every success
+    if cfg.peering:
+        # Replicas elect one to reconcile through the peering object; the rest stand by and
+        # serve the webhook. The oldest replica wins, so a rollout hands over only once.
+        settings.peering.name = cfg.peering
+        settings.peering.mandatory = True
+        settings.peering.standalone = False
+        settings.peering.priority = startup_priority()
+        settings.peering.lifetime = cfg.peering_lifetime_s
+        settings.peering.stealth = True  # no log line per keep-alive
     if cfg.namespaces:
         # Serve exactly the listed namespaces; listing them would need a cluster-wide grant,
         # and kopf retries a refused list with backoff (over a minute) before going on.
@@ -111,21 +127,29 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
     )
     if not tls:
         logger.warning("webhook served over plain HTTP: no GATEWAY_OPERATOR_WEBHOOK_TLS_DIR")
+    try:
+        runtime.metrics = metrics.serve(cfg.metrics_port)
+    except OSError as exc:
+        raise kopf.PermanentError(f"metrics port {cfg.metrics_port}: {exc}") from exc
     if cfg.redis_url:
         runtime.redis = connect(RedisConfig(url=cfg.redis_url))
     else:
         logger.warning("no GATEWAY_OPERATOR_REDIS_URL: GameTable status has no live data")
 
 
+def startup_priority(now_s: float | None = None) -> int:
+    """The peering priority of a replica started at ``now_s``: the earlier, the higher.
+
+    A random tail separates replicas started in the same millisecond: kopf pauses every
+    replica of an equal priority.
+    """
+    started_ms = int((time.time() if now_s is None else now_s) * 1000)
+    return -(started_ms * 1000 + random.randrange(1000))
+
+
 @kopf.on.login()
 def login(settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo | None:
-    """In a pod, the service account; elsewhere, the kubeconfig (KUBECONFIG)."""
-    info = _login(settings)
-    runtime.connection = info
-    return info
-
-
-def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere, the kubeconfig (KUBECONFIG), as KubeApi."""
     return kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
         settings=settings
     )
@@ -133,7 +157,9 @@ def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo | None:
 
 @kopf.on.cleanup()
 async def close(**_: Any) -> None:
-    """Close the API and Redis clients when the operator stops."""
+    """Close the API and Redis clients and the metrics endpoint when the operator stops."""
+    if runtime.metrics is not None:
+        await runtime.metrics.aclose()
     if runtime.api is not None:
         await runtime.api.aclose()
     if runtime.redis is not None:
@@ -142,17 +168,8 @@ async def close(**_: Any) -> None:
 
 def _api() -> KubeApi:
     if runtime.api is None:
-        if runtime.connection is None:
-            raise kopf.TemporaryError("not logged in to the API server yet", delay=1)
-        settings = kopf.OperatorSettings()
-        runtime.api = KubeApi(runtime.connection, relogin=lambda: _login(settings))
+        runtime.api = KubeApi()
     return runtime.api
-
-
-@kopf.index(*GAMETABLES)
-def gametables(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    """Every GameTable by (namespace, name), for the webhook."""
-    return {(namespace, name): {"metadata": dict(body.metadata), "spec": dict(body.spec)}}
 
 
 @kopf.on.resume(*GAMETABLES)
@@ -166,13 +183,46 @@ async def reconcile(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
         raise error
 
 
-@kopf.timer(*GAMETABLES, interval=_interval_from_env(), initial_delay=1)
-async def refresh(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
-    """Live status from Redis; also puts back a ConfigMap that was edited or deleted."""
-    status, _error = await sync(body)
+@kopf.timer(*GAMETABLES, id=REFRESH, interval=_interval_from_env(), initial_delay=1)
+async def refresh(body: kopf.Body, patch: kopf.Patch, logger: kopf.Logger, **_: Any) -> None:
+    """Live status from Redis; also puts back a ConfigMap that was edited or deleted.
+
+    A failure is in the status (the ConfigRendered condition) and in the log, once per
+    new message: the timer runs again at its interval whatever happened.
+    """
+    started = time.monotonic()
+    status, error = await sync(body)
+    metrics.refreshed(error is None, time.monotonic() - started)
+    metrics.observe_active()  # only the elected replica runs timers
     current = dict(body.status)
+    if error is not None and _rendered_message(current) != _rendered_message(status):
+        logger.warning("status refresh: %s", error)
     if any(current.get(k) != v for k, v in status.items()):
         patch.status.update(status)
+
+
+def _rendered_message(status: Mapping[str, Any]) -> str:
+    for condition in status.get("conditions") or []:
+        if isinstance(condition, Mapping) and condition.get("type") == st.RENDERED:
+            return str(condition.get("message", ""))
+    return ""
+
+
+def _timer_without_finalizer(handler_id: str) -> None:
+    """kopf blocks deletion with a finalizer for every timer, so that it can stop the timer
+    first. The refresh needs no clean-up, and with that finalizer a GameTable cannot be
+    deleted while no operator runs (after an uninstall). kopf removes the finalizer from
+    objects that have it once no handler requires it.
+    """
+    spawning = kopf.get_default_registry()._spawning
+    for i, handler in enumerate(spawning._handlers):
+        if handler.id == handler_id:
+            spawning._handlers[i] = dataclasses.replace(handler, requires_finalizer=False)
+            return
+    raise AssertionError(f"no timer {handler_id!r} registered")  # pragma: no cover
+
+
+_timer_without_finalizer(REFRESH)
 
 
 async def sync(body: Mapping[str, Any]) -> tuple[dict[str, Any], Exception | None]:
@@ -190,65 +240,69 @@ async def sync(body: Mapping[str, Any]) -> tuple[dict[str, Any], Exception | Non
     except InvalidGameTable as exc:
         rendered = st.Rendered(False, "InvalidSpec", exc.message)
         error = kopf.PermanentError(exc.message)
+        metrics.reconciled("invalid_spec")
     else:
         name = configmap["metadata"]["name"]
         try:
-            await apply_configmap(_api(), configmap, owner_uid=str(meta.get("uid")))
+            outcome = await apply_configmap(_api(), configmap, owner_uid=str(meta.get("uid")))
         except ApiError as exc:
             rendered = st.Rendered(False, "ApplyFailed", exc.message)
             soon = exc.status in (0, 409, 429) or exc.status >= 500
             error = kopf.TemporaryError(exc.message, delay=2 if soon else 30)
+            metrics.applied("refused" if exc.reason == FOREIGN else "error")
+            metrics.reconciled("apply_failed")
         else:
             rendered = st.Rendered(
                 True, "Rendered", f"ConfigMap {name} holds generation {generation}"
             )
+            metrics.applied(outcome)
+            metrics.reconciled("rendered")
     seen = await st.observe(runtime.redis, {"spec": spec}) if spec else st.Observed()
     return st.status_patch(generation, rendered, seen, previous), error
 
 
 async def apply_configmap(api: KubeApi, configmap: Mapping[str, Any], owner_uid: str) -> str:
-    """Create or update the ConfigMap; 'created', 'updated' or 'unchanged'.
+    """Create or update the ConfigMap by server-side apply; 'created', 'updated' or 'unchanged'.
 
-    A ConfigMap of that name owned by something else is never taken over (ApiError 409).
-    The update carries the resourceVersion it read, so a concurrent writer makes it fail
-    with 409 and the handler retries on fresh data.
+    A ConfigMap of that name owned by something else is never taken over (ApiError 409):
+    a new one is applied without force, so one made meanwhile by anybody else conflicts;
+    one this GameTable owns is applied with force and carries the resourceVersion it was
+    read at, so edits by hand are taken back and a concurrent writer makes it fail with 409
+    (the handler retries on fresh data).
     """
     meta = configmap["metadata"]
-    collection = f"/api/v1/namespaces/{meta['namespace']}/configmaps"
-    path = f"{collection}/{meta['name']}"
-    current = await api.get(path)
+    current = await api.get_configmap(meta["namespace"], meta["name"])
     if current is None:
-        try:
-            await api.create(collection, configmap)
-            return "created"
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            current = await api.get(path)
-            if current is None:
-                raise
+        await api.apply_configmap(configmap, force=False)
+        return "created"
     cmeta = current.get("metadata") or {}
     owners = cmeta.get("ownerReferences") or []
     if not any(o.get("uid") == owner_uid for o in owners):
         raise ApiError(
             409,
-            "AlreadyExists",
+            FOREIGN,
             f"ConfigMap {meta['namespace']}/{meta['name']} exists and is not owned by this "
             "GameTable; delete or rename it",
         )
     data = current.get("data") or {}
     labels = cmeta.get("labels") or {}
-    if data == configmap["data"] and all(labels.get(k) == v for k, v in meta["labels"].items()):
+    stale = _applied_data_keys(cmeta) - set(configmap["data"])
+    same_data = all(data.get(k) == v for k, v in configmap["data"].items())
+    if same_data and not stale and all(labels.get(k) == v for k, v in meta["labels"].items()):
         return "unchanged"
-    stale = {k: None for k in data if k not in configmap["data"]}
-    await api.merge_patch(
-        path,
-        {
-            "metadata": {"resourceVersion": cmeta.get("resourceVersion"), "labels": meta["labels"]},
-            "data": {**stale, **configmap["data"]},
-        },
-    )
+    pinned = {**meta, "resourceVersion": cmeta.get("resourceVersion")}
+    await api.apply_configmap({**configmap, "metadata": pinned}, force=True)
     return "updated"
+
+
+def _applied_data_keys(meta: Mapping[str, Any]) -> set[str]:
+    """The ``data`` keys the operator's field manager holds by apply."""
+    keys: set[str] = set()
+    for entry in meta.get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
+            fields = (entry.get("fieldsV1") or {}).get("f:data") or {}
+            keys.update(k[2:] for k in fields if k.startswith("f:"))
+    return keys
 
 
 @kopf.on.mutate(
@@ -258,28 +312,44 @@ async def apply_configmap(api: KubeApi, configmap: Mapping[str, Any], owner_uid:
     operations=["CREATE"],
     labels={webhook.LABEL: kopf.PRESENT},
 )
-def inject_sidecar(
+async def inject_sidecar(
     body: kopf.Body,
     patch: kopf.Patch,
     namespace: str | None,
     labels: Mapping[str, str],
-    **kwargs: Any,
+    **_: Any,
 ) -> None:
-    """Add the sidecar of the pod's GameTable; refuse the pod if that table is unusable."""
-    gametables: kopf.Index[Any, Any] = kwargs["gametables"]  # kopf passes indices by name
-    name = labels[webhook.LABEL]
-    where = f"GameTable {namespace}/{name} (pod label {webhook.LABEL})"
-    found = list(gametables.get((namespace, name), []))
-    if not found:
-        raise kopf.AdmissionError(f"{where} does not exist; create it first", code=400)
-    gametable = found[0]
+    """Add the sidecar of the pod's GameTable; refuse the pod if that table is unusable.
+
+    The GameTable is read from the API server, not from a cache: every replica serves the
+    webhook, and a standby replica does not watch.
+    """
     try:
-        render_config(gametable)  # the same validation the operator applies
-        pod = webhook.inject(body, gametable, runtime.settings.sidecar)
-    except (InvalidGameTable, webhook.CannotInject) as exc:
-        raise kopf.AdmissionError(f"{where}: {exc}", code=400) from exc
+        pod = await _injected(body, namespace, labels[webhook.LABEL])
+    except kopf.AdmissionError as exc:
+        metrics.admitted("error" if exc.code == UNAVAILABLE else "refused")
+        raise
+    metrics.admitted("injected")
 
     def replace(target: kopf.RawBody) -> None:
         target["metadata"], target["spec"] = pod["metadata"], pod["spec"]
 
     patch.fns.append(replace)
+
+
+async def _injected(body: kopf.Body, namespace: str | None, name: str) -> dict[str, Any]:
+    """The pod with the sidecar of its GameTable; AdmissionError for a pod to refuse."""
+    where = f"GameTable {namespace}/{name} (pod label {webhook.LABEL})"
+    if not namespace:
+        raise kopf.AdmissionError(f"{where}: the pod has no namespace", code=400)
+    try:
+        gametable = await _api().get_gametable(namespace, name)
+    except ApiError as exc:
+        raise kopf.AdmissionError(f"{where}: cannot be read: {exc}", code=UNAVAILABLE) from exc
+    if gametable is None:
+        raise kopf.AdmissionError(f"{where} does not exist; create it first", code=400)
+    try:
+        render_config(gametable)  # the same validation the operator applies
+        return webhook.inject(body, gametable, runtime.settings.sidecar)
+    except (InvalidGameTable, webhook.CannotInject) as exc:
+        raise kopf.AdmissionError(f"{where}: {exc}", code=400) from exc

@@ -1,22 +1,30 @@
-"""A small Kubernetes API client on aiohttp, with the credentials kopf logged in with.
+"""The operator's Kubernetes API client: lightkube, with server-side apply for what it owns.
 
-kopf is not a client library; the operator needs only get, create and merge-patch of its
-ConfigMaps, so this is a few requests rather than another dependency.
+kopf watches and patches the GameTables; this client does the rest: it reads a GameTable
+for the admission webhook and reads and server-side applies the tables' ConfigMaps, under
+the field manager ``gateway-operator``. Credentials come from the pod's service account
+(the token file is re-read as the kubelet rotates it) or, outside a cluster, from
+``KUBECONFIG``, as kopf's own login does. Every failure is an ``ApiError``.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import ssl
-import tempfile
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
 
-import aiohttp
-import kopf
+import httpx2
+import lightkube
+from lightkube.config.kubeconfig import KubeConfig
+from lightkube.core.exceptions import ConfigError as LightkubeConfigError
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.core_v1 import ConfigMap
 
+from gametable_operator.render import GROUP, VERSION
+
+FIELD_MANAGER = "gateway-operator"
 TIMEOUT_S = 10.0
+
+GameTable = create_namespaced_resource(GROUP, VERSION, "GameTable", "gametables")
 
 
 class ApiError(Exception):
@@ -30,116 +38,79 @@ class ApiError(Exception):
 
 
 class KubeApi:
-    """One session against one API server; ``relogin`` is asked for fresh credentials on 401."""
+    """One lazily opened client against the API server the operator runs under."""
 
-    def __init__(
-        self,
-        info: kopf.ConnectionInfo,
-        relogin: Callable[[], kopf.ConnectionInfo | None] | None = None,
-    ) -> None:
-        self._info = info
-        self._relogin = relogin
-        self._session: aiohttp.ClientSession | None = None
+    def __init__(self, config: KubeConfig | None = None) -> None:
+        self._config = config
+        self._client: lightkube.AsyncClient | None = None
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            info = self._info
-            headers = {"Accept": "application/json"}
-            auth = None
-            if info.token:
-                headers["Authorization"] = f"{info.scheme or 'Bearer'} {info.token}"
-            elif info.username and info.password:
-                auth = aiohttp.BasicAuth(info.username, info.password)
-            connector = aiohttp.TCPConnector(ssl=_ssl_context(info))
-            self._session = aiohttp.ClientSession(
-                base_url=info.server.rstrip("/") + "/",
-                headers=headers,
-                auth=auth,
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=TIMEOUT_S),
-            )
-        return self._session
+    def _open(self) -> lightkube.AsyncClient:
+        if self._client is None:
+            try:
+                config = self._config or KubeConfig.from_env()
+                self._client = lightkube.AsyncClient(
+                    config, timeout=httpx2.Timeout(TIMEOUT_S), field_manager=FIELD_MANAGER
+                )
+            except LightkubeConfigError as exc:
+                raise ApiError(0, "NoCredentials", f"no API server credentials: {exc}") from exc
+        return self._client
 
     async def aclose(self) -> None:
-        """Close the HTTP session."""
-        if self._session is not None:
-            await self._session.close()
+        """Close the HTTP connections."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
 
-    async def request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None
-    ) -> dict[str, Any] | None:
-        """The JSON answer; None for 404 on GET; ApiError for any other failure."""
-        for attempt in (1, 2):
-            headers = {}
-            if method == "PATCH":
-                headers["Content-Type"] = "application/merge-patch+json"
-            data = None if body is None else json.dumps(body)
-            try:
-                async with self._open().request(
-                    method, path.lstrip("/"), data=data, headers=headers or None
-                ) as r:
-                    text = await r.text()
-                    status = r.status
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise ApiError(0, "Unreachable", f"{method} {path}: {exc!r}") from exc
-            if status == 401 and attempt == 1 and self._relogin is not None:
-                fresh = self._relogin()
-                if fresh is not None:
-                    await self.aclose()
-                    self._info = fresh
-                    continue
-            if status == 404 and method == "GET":
+    async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ConfigMap, or None if there is none of that name."""
+        where = f"GET ConfigMap {namespace}/{name}"
+        try:
+            found = await self._open().get(ConfigMap, name, namespace=namespace)
+        except httpx2.HTTPStatusError as exc:
+            if exc.response.status_code == 404:
                 return None
-            if status >= 400:
-                raise _error(status, method, path, text)
-            return dict(json.loads(text)) if text else {}
-        raise AssertionError("unreachable")  # pragma: no cover
+            raise _refused(where, exc) from exc
+        except (httpx2.HTTPError, OSError) as exc:
+            raise ApiError(0, "Unreachable", f"{where}: {exc!r}") from exc
+        return dict(found.to_dict())
 
-    async def get(self, path: str) -> dict[str, Any] | None:
-        """The object at ``path``, or None if it does not exist."""
-        return await self.request("GET", path)
+    async def get_gametable(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The GameTable, or None if there is none of that name."""
+        where = f"GET GameTable {namespace}/{name}"
+        try:
+            found = await self._open().get(GameTable, name, namespace=namespace)
+        except httpx2.HTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return None
+            raise _refused(where, exc) from exc
+        except (httpx2.HTTPError, OSError) as exc:
+            raise ApiError(0, "Unreachable", f"{where}: {exc!r}") from exc
+        return dict(found.to_dict())  # type: ignore[no-untyped-call]
 
-    async def create(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Create ``body`` in the collection at ``path``; the stored object."""
-        return await self.request("POST", path, body) or {}
+    async def apply_configmap(self, body: Mapping[str, Any], *, force: bool) -> dict[str, Any]:
+        """Server-side apply ``body`` as the operator's field manager; the stored object.
 
-    async def merge_patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        """Apply a JSON merge patch to the object at ``path``; the stored object."""
-        return await self.request("PATCH", path, body) or {}
-
-
-def _error(status: int, method: str, path: str, text: str) -> ApiError:
-    try:
-        doc = json.loads(text)
-        reason, message = str(doc.get("reason", "")), str(doc.get("message", text))
-    except ValueError:
-        reason, message = "", text
-    return ApiError(status, reason or "Error", f"{method} {path}: {message[:500]}")
-
-
-def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
-    if not info.server.startswith("https"):
-        return False
-    if info.insecure:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        return ctx
-    cadata = info.ca_data.decode() if isinstance(info.ca_data, bytes) else info.ca_data
-    ctx = ssl.create_default_context(cafile=info.ca_path or None, cadata=cadata or None)
-    cert, key = info.certificate_path, info.private_key_path
-    with tempfile.TemporaryDirectory() as tmp:
-        if info.certificate_data:
-            cert = _write(tmp, "tls.crt", info.certificate_data)
-        if info.private_key_data:
-            key = _write(tmp, "tls.key", info.private_key_data)
-        if cert:
-            ctx.load_cert_chain(cert, key or None)
-    return ctx
+        Without ``force`` a field another manager holds is a 409 conflict; with it the
+        operator takes those fields back. Keys the operator applied before and leaves out
+        now are removed by the API server, unless another manager also holds them.
+        """
+        meta = body["metadata"]
+        where = f"APPLY ConfigMap {meta['namespace']}/{meta['name']}"
+        try:
+            obj = cast(ConfigMap, ConfigMap.from_dict(dict(body)))
+            stored = await self._open().apply(obj, force=force)
+        except httpx2.HTTPStatusError as exc:
+            raise _refused(where, exc) from exc
+        except (httpx2.HTTPError, OSError) as exc:
+            raise ApiError(0, "Unreachable", f"{where}: {exc!r}") from exc
+        return dict(stored.to_dict())
 
 
-def _write(directory: str, name: str, data: str | bytes) -> str:
-    path = os.path.join(directory, name)
-    with open(path, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    return path
+def _refused(where: str, exc: httpx2.HTTPStatusError) -> ApiError:
+    """lightkube raises its ApiError when the answer is a Status; plain HTTP errors otherwise."""
+    code = exc.response.status_code
+    if isinstance(exc, lightkube.ApiError):
+        reason, message = exc.status.reason, exc.status.message
+    else:
+        reason, message = exc.response.reason_phrase, exc.response.text
+    return ApiError(code, str(reason or "Error"), f"{where}: {str(message or '')[:500]}")

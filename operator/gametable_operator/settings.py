@@ -5,9 +5,12 @@
 | ``GATEWAY_OPERATOR_NAMESPACES`` | comma-separated namespaces to watch | all namespaces |
 | ``GATEWAY_OPERATOR_LIVENESS`` | kopf's liveness endpoint | ``http://0.0.0.0:8080/healthz`` |
 | ``GATEWAY_OPERATOR_WEBHOOK_PORT`` | the admission webhook's port | ``9443`` |
+| ``GATEWAY_OPERATOR_METRICS_PORT`` | port of the Prometheus ``/metrics``; ``0``: off | ``8081`` |
 | ``GATEWAY_OPERATOR_WEBHOOK_TLS_DIR`` | directory with ``tls.crt`` and ``tls.key`` | plain HTTP |
 | ``GATEWAY_OPERATOR_REDIS_URL`` | the sidecars' Redis, read for status | no live status |
 | ``GATEWAY_OPERATOR_STATUS_INTERVAL_S`` | how often status is refreshed from Redis | ``15`` |
+| ``GATEWAY_OPERATOR_PEERING`` | kopf peering object: one replica reconciles | standalone |
+| ``GATEWAY_OPERATOR_PEERING_LIFETIME_S`` | seconds a silent replica counts as alive | ``15`` |
 | ``GATEWAY_OPERATOR_LOG_LEVEL`` | ``DEBUG``, ``INFO``, ``WARNING`` | ``INFO`` |
 | ``GATEWAY_OPERATOR_SIDECAR`` | JSON: the sidecar the webhook injects | ``SidecarDefaults`` |
 
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -31,6 +36,7 @@ DEFAULT_IMAGE = "studio-gateway:0.1.0"
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://")
 RESOURCE_KEYS = ("requests", "limits")
 _T = TypeVar("_T")
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 def _default_resources() -> dict[str, Any]:
@@ -59,11 +65,14 @@ class OperatorSettings:
     namespaces: tuple[str, ...] = ()
     liveness: str = "http://0.0.0.0:8080/healthz"
     webhook_port: int = 9443
+    metrics_port: int = 8081  # 0: no Prometheus endpoint
     webhook_tls_dir: str = ""
     redis_url: str = ""
     status_interval_s: float = 15.0
     log_level: str = "INFO"
     sidecar: SidecarDefaults = field(default_factory=SidecarDefaults)
+    peering: str = ""  # kopf peering object: replicas elect one to reconcile; "" standalone
+    peering_lifetime_s: int = 15
 
 
 _SIDECAR_KEYS = {
@@ -184,6 +193,8 @@ def _from_env(env: Mapping[str, str]) -> OperatorSettings:
         values["liveness"] = get("LIVENESS")
     if get("WEBHOOK_PORT"):
         values["webhook_port"] = _number(get("WEBHOOK_PORT"), "WEBHOOK_PORT", int, 1, 65535)
+    if get("METRICS_PORT"):
+        values["metrics_port"] = _number(get("METRICS_PORT"), "METRICS_PORT", int, 0, 65535)
     values["webhook_tls_dir"] = get("WEBHOOK_TLS_DIR")
     values["redis_url"] = get("REDIS_URL")
     if values["redis_url"] and not values["redis_url"].startswith(REDIS_SCHEMES):
@@ -191,6 +202,12 @@ def _from_env(env: Mapping[str, str]) -> OperatorSettings:
         raise ConfigError(
             f"{ENV_PREFIX}REDIS_URL: must start with redis://, rediss://, unix:// or "
             "redis+sentinel://"
+        )
+    if get("PEERING"):
+        values["peering"] = _name(get("PEERING"), "PEERING")
+    if get("PEERING_LIFETIME_S"):
+        values["peering_lifetime_s"] = _number(
+            get("PEERING_LIFETIME_S"), "PEERING_LIFETIME_S", int, 2, 300
         )
     if get("STATUS_INTERVAL_S"):
         values["status_interval_s"] = _number(
@@ -206,7 +223,44 @@ def _from_env(env: Mapping[str, str]) -> OperatorSettings:
     # A pretty-printed JSON object spans several lines.
     if get("SIDECAR", multiline=True):
         values["sidecar"] = parse_sidecar(get("SIDECAR", multiline=True))
-    return OperatorSettings(**values)
+    cfg = OperatorSettings(**values)
+    _check_metrics_port(cfg)
+    return cfg
+
+
+def _check_metrics_port(cfg: OperatorSettings) -> None:
+    """The metrics endpoint needs a port of its own: the webhook and kopf's liveness
+    endpoint listen in the same process."""
+    if cfg.metrics_port == 0:
+        return
+    where = f"{ENV_PREFIX}METRICS_PORT"
+    if cfg.metrics_port == cfg.webhook_port:
+        raise ConfigError(
+            f"{where}: {cfg.metrics_port} is the webhook's port ({ENV_PREFIX}WEBHOOK_PORT)"
+        )
+    if cfg.metrics_port == _liveness_port(cfg.liveness):
+        raise ConfigError(
+            f"{where}: {cfg.metrics_port} is the liveness endpoint's port ({ENV_PREFIX}LIVENESS)"
+        )
+
+
+def _liveness_port(url: str) -> int | None:
+    """The port of kopf's liveness URL (its scheme's default when it names none)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        return parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    except ValueError:  # not a URL with a port; kopf itself reports that
+        return None
+
+
+def _name(text: str, name: str) -> str:
+    """A Kubernetes object name (DNS-1123 subdomain)."""
+    if len(text) > 253 or not _DNS_NAME.fullmatch(text):
+        raise ConfigError(
+            f"{ENV_PREFIX}{name}: must be an object name (lower-case letters, digits, '-', "
+            f"'.'), got {_brief(text)}"
+        )
+    return text
 
 
 def _number(text: str, name: str, kind: type[int] | type[float], low: float, high: float) -> Any:

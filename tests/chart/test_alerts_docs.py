@@ -28,6 +28,8 @@ DEFAULT_RUNBOOK_URL = yaml.safe_load((CHART / "values.yaml").read_text())["monit
 ]["runbookBaseUrl"]
 SIDECAR_JOB = f"{NAMESPACE}/{FULLNAME}-sidecars"
 MONITORING = ("--set", "monitoring.prometheusRule.enabled=true")
+# The sidecars' alerts and the operator's.
+ALERT_PREFIXES = ("StudioGateway", "GatewayOperator")
 
 
 def alert_rules(docs: list[Doc]) -> dict[str, Doc]:
@@ -70,9 +72,9 @@ def test_every_alert_links_its_runbook_section(rendered: dict[str, list[Doc]]) -
 
 
 def test_runbook_has_a_section_only_for_real_alerts(rendered: dict[str, list[Doc]]) -> None:
-    """No runbook section outlives its alert: every StudioGateway* heading is a rendered alert."""
+    """No runbook section outlives its alert: every alert-named heading is a rendered alert."""
     alerts = set(alert_rules(rendered["embedded-monitoring"]))
-    sections = {h for h in runbook_anchors().values() if h.startswith("StudioGateway")}
+    sections = {h for h in runbook_anchors().values() if h.startswith(ALERT_PREFIXES)}
     assert sections == alerts
 
 
@@ -81,7 +83,7 @@ def test_runbook_sections_say_what_to_check_and_do() -> None:
     text = RUNBOOK.read_text(encoding="utf-8")
     for section in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
         title = section.splitlines()[0]
-        if title.startswith("StudioGateway"):
+        if title.startswith(ALERT_PREFIXES):
             assert "\nCheck:\n" in section and "\nDo:\n" in section, title
             assert "**Critical.**" in section or "**Warning.**" in section, title
 
@@ -113,7 +115,7 @@ def test_runbook_url_must_be_a_page(helm: Path, url: str) -> None:
 def test_scrape_alerts_watch_the_pod_monitors_job(rendered: dict[str, list[Doc]]) -> None:
     """up and absent() name the job the Prometheus operator gives the PodMonitor's targets."""
     docs = rendered["embedded-monitoring"]
-    monitor = find(docs, "PodMonitor")
+    monitor = find(docs, "PodMonitor", f"{FULLNAME}-sidecars")
     assert f"{monitor['metadata']['namespace']}/{monitor['metadata']['name']}" == SIDECAR_JOB
     alerts = alert_rules(docs)
     scrape = alerts["StudioGatewaySidecarScrapeFailing"]

@@ -159,17 +159,25 @@ def test_only_the_operator_gets_an_api_token(rendered: dict[str, list[Doc]]) -> 
 # --- the operator ----------------------------------------------------------------------------
 
 
-def test_operator_is_one_recreated_replica(rendered: dict[str, list[Doc]]) -> None:
-    """One operator at a time: a rolling update would run two against the same GameTables."""
+def test_operator_replicas_roll_without_a_gap(rendered: dict[str, list[Doc]]) -> None:
+    """Two replicas, rolled one new before one old: the webhook is served throughout."""
     for name in ("defaults", "production", "namespaced-certmanager"):
         deployment = operator(rendered[name])
-        assert deployment["spec"]["replicas"] == 1
-        assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+        assert deployment["spec"]["replicas"] == 2
+        assert deployment["spec"]["strategy"] == {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+        }
+        spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert [c["whenUnsatisfiable"] for c in spread] == ["ScheduleAnyway"]
+        assert spread[0]["labelSelector"]["matchLabels"]["app.kubernetes.io/component"] == (
+            "operator"
+        )
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         assert container["image"] == IMAGE
         assert container["command"] == ["gateway-operator"] and container["args"] == ["run"]
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        assert ports == {"health": 8080, "webhook": 9443}
+        assert ports == {"health": 8080, "webhook": 9443, "metrics": 8081}
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
 
 
@@ -179,6 +187,7 @@ def test_operator_environment_is_the_operator_contract(rendered: dict[str, list[
     assert env["GATEWAY_OPERATOR_NAMESPACES"] == ""
     assert env["GATEWAY_OPERATOR_LIVENESS"] == "http://0.0.0.0:8080/healthz"
     assert env["GATEWAY_OPERATOR_WEBHOOK_PORT"] == "9443"
+    assert env["GATEWAY_OPERATOR_METRICS_PORT"] == "8081"
     assert env["GATEWAY_OPERATOR_STATUS_INTERVAL_S"] == "15"
     assert env["GATEWAY_OPERATOR_LOG_LEVEL"] == "INFO"
     assert "GATEWAY_OPERATOR_REDIS_URL" not in env  # redis.mode none
@@ -462,7 +471,8 @@ def test_namespaced_mode_uses_a_role_per_namespace(rendered: dict[str, list[Doc]
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
         ]
-    assert rules(roles[0]) == rules(find(rendered["defaults"], "ClusterRole"))[1:]
+    # The cluster-wide rules less CRD discovery (first) and the ClusterKopfPeering (last).
+    assert rules(roles[0]) == rules(find(rendered["defaults"], "ClusterRole"))[1:-1]
 
 
 # --- values schema, versions, CRD ------------------------------------------------------------
@@ -477,7 +487,8 @@ def test_namespaced_mode_uses_a_role_per_namespace(rendered: dict[str, list[Doc]
         (["--set", "operator.watchNamespaces={studio-*}"], "/operator/watchNamespaces/0"),
         (["--set", "sidecar.metricsPort=50051"], "/sidecar/metricsPort"),
         (["--set", "sidecar.tracesSamplerArg=lots"], "/sidecar/tracesSamplerArg"),
-        (["--set", "operator.replicas=2"], "replicas"),
+        (["--set", "operator.replicas=0"], "/operator/replicas"),
+        (["--set", "operator.peering.lifetimeSeconds=1"], "/operator/peering/lifetimeSeconds"),
         (["--set", "redis.mode=external"], "/redis/external/existingSecret"),
     ],
 )
@@ -512,8 +523,14 @@ def test_chart_crd_is_the_operator_crd(rendered: dict[str, list[Doc]]) -> None:
     assert CHART_CRD.read_bytes() == OPERATOR_CRD.read_bytes(), (
         f"run: cp {OPERATOR_CRD.relative_to(ROOT)} {CHART_CRD.relative_to(ROOT)}"
     )
-    (crd,) = [d for d in rendered["defaults"] if d["kind"] == "CustomResourceDefinition"]
-    assert crd == yaml.safe_load(OPERATOR_CRD.read_text())
+    crds = {d["metadata"]["name"]: d for d in rendered["defaults"]
+            if d["kind"] == "CustomResourceDefinition"}  # fmt: skip
+    assert crds["gametables.studio.gateway.dev"] == yaml.safe_load(OPERATOR_CRD.read_text())
+    assert set(crds) == {
+        "gametables.studio.gateway.dev",
+        "kopfpeerings.kopf.dev",
+        "clusterkopfpeerings.kopf.dev",
+    }
 
 
 # --- helm test pods --------------------------------------------------------------------------
@@ -550,10 +567,13 @@ def test_helm_test_scripts_compile(rendered: dict[str, list[Doc]]) -> None:
 
 
 def _instrument_names() -> set[str]:
-    """The gateway's OpenTelemetry instrument names, normalised (dots and underscores dropped)."""
+    """The gateway's OpenTelemetry instrument names and the operator's Prometheus metric names,
+    normalised (dots and underscores dropped)."""
     names = set()
     for path in (ROOT / "gateway").rglob("*.py"):
         names |= set(re.findall(r'"(gateway\.[a-z_.]+)"', path.read_text()))
+    operator_metrics = ROOT / "operator" / "gametable_operator" / "metrics.py"
+    names |= set(re.findall(r'"(gateway_operator_[a-z_]+)"', operator_metrics.read_text()))
     return {n.replace(".", "").replace("_", "") for n in names}
 
 
@@ -569,7 +589,7 @@ def _known(metric: str, instruments: set[str]) -> bool:
 
 def test_pod_monitor_scrapes_labelled_pods(helm: Path, rendered: dict[str, list[Doc]]) -> None:
     """Every pod labelled with a GameTable, on the injected container's gw-metrics port."""
-    monitor = find(rendered["embedded-monitoring"], "PodMonitor")
+    monitor = find(rendered["embedded-monitoring"], "PodMonitor", f"{FULLNAME}-sidecars")
     assert monitor["spec"]["selector"] == {
         "matchExpressions": [{"key": LABEL, "operator": "Exists"}]
     }
@@ -581,12 +601,12 @@ def test_pod_monitor_scrapes_labelled_pods(helm: Path, rendered: dict[str, list[
         "--set", "monitoring.podMonitor.enabled=true",
         "--set", "operator.watchNamespaces={studio-a}",
     )  # fmt: skip
-    namespaced = find(documents(only_watched), "PodMonitor")
+    namespaced = find(documents(only_watched), "PodMonitor", f"{FULLNAME}-sidecars")
     assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["studio-a"]}
 
 
 def test_alert_rules_parse_and_use_real_metrics(rendered: dict[str, list[Doc]]) -> None:
-    """Every alert expression is valid PromQL over metrics the sidecar exports."""
+    """Every alert expression is valid PromQL over metrics the sidecar or the operator exports."""
     promql = pytest.importorskip("promql_parser")
     instruments = _instrument_names()
     (group,) = find(rendered["embedded-monitoring"], "PrometheusRule")["spec"]["groups"]
@@ -597,17 +617,20 @@ def test_alert_rules_parse_and_use_real_metrics(rendered: dict[str, list[Doc]]) 
         "StudioGatewayBrokerDown", "StudioGatewayFailovers", "StudioGatewayRedisErrors",
         "StudioGatewayConfigReloadRejected", "StudioGatewayLoopRestarts",
         "StudioGatewayInputsDropped", "StudioGatewaySidecarScrapeFailing",
-        "StudioGatewaySidecarMetricsAbsent",
+        "StudioGatewaySidecarMetricsAbsent", "GatewayOperatorMetricsAbsent",
+        "GatewayOperatorNotReconciling", "GatewayOperatorReconcileErrors",
     }  # fmt: skip
     # Their metrics carry no table label (docs/telemetry.md): group, gametable or none.
     without_table = {
         "StudioGatewayRedisErrors", "StudioGatewayConfigReloadRejected",
         "StudioGatewaySidecarScrapeFailing", "StudioGatewaySidecarMetricsAbsent",
+        "GatewayOperatorMetricsAbsent", "GatewayOperatorNotReconciling",
+        "GatewayOperatorReconcileErrors",
     }  # fmt: skip
     for name, rule in alerts.items():
         promql.parse(rule["expr"])
         for metric in _metrics_in(rule["expr"]):
-            assert _known(metric, instruments), f"{name}: {metric} is not exported by gateway/"
+            assert _known(metric, instruments), f"{name}: {metric} is exported by no one"
         assert rule["labels"]["severity"] in ("critical", "warning")
         if name not in without_table:
             assert "{{ $labels.table }}" in rule["annotations"]["summary"], name

@@ -126,19 +126,23 @@ def test_staging_and_production_render_the_policies(
 def test_operator_policy_admits_what_the_values_list(
     rendered: dict[str, list[Doc]], env: str
 ) -> None:
-    """Webhook from the API server, health from Prometheus; DNS, API server and Redis out."""
+    """Webhook from the API server, health and metrics from Prometheus; DNS, API server and
+    Redis out."""
     np = values(env)["networkPolicy"]
     policy = policies(rendered[env])[(NAMESPACE, f"{FULLNAME}-operator")]
     assert policy["spec"]["podSelector"] == {
         "matchLabels": OPERATOR_POD["podSelector"]["matchLabels"]
     }
-    assert len(policy["spec"]["ingress"]) == 2
+    assert len(policy["spec"]["ingress"]) == 3
     webhook = rule(policy, "ingress", 9443)
     assert ports(webhook) == tcp(9443)
     assert "from" not in webhook  # apiServer.webhookPeers empty: any source, port 9443 only
     health = rule(policy, "ingress", 8080)
     assert ports(health) == tcp(8080)
     assert health["from"] == [*np["prometheus"]["peers"], TEST_POD]
+    metrics = rule(policy, "ingress", values(env)["operator"]["metrics"]["port"])
+    assert ports(metrics) == tcp(8081)
+    assert metrics["from"] == np["prometheus"]["peers"]
 
     egress = policy["spec"]["egress"]
     assert len(egress) == 3

@@ -15,6 +15,7 @@ import aiohttp
 
 from gametable_operator.render import GROUP, VERSION
 from gateway.devtools.sandbox import free_port
+from tests.admission import review
 
 GT_PATH = f"/apis/{GROUP}/{VERSION}/namespaces/{{ns}}/gametables"
 CM_PATH = "/api/v1/namespaces/{ns}/configmaps"
@@ -56,6 +57,15 @@ class Cluster:
         status, body = await self.request("GET", f"{CM_PATH.format(ns=ns)}/{name}")
         return dict(body) if status == 200 else None
 
+    async def create_peering(self, name: str, namespace: str | None = None) -> None:
+        """The kopf peering object the operator replicas elect through (the chart makes it)."""
+        kind, plural = ("KopfPeering", "kopfpeerings") if namespace else (
+            "ClusterKopfPeering", "clusterkopfpeerings")  # fmt: skip
+        ns = f"/namespaces/{namespace}" if namespace else ""
+        body = {"apiVersion": "kopf.dev/v1", "kind": kind, "metadata": {"name": name}}
+        status, answer = await self.request("POST", f"/apis/kopf.dev/v1{ns}/{plural}", body)
+        assert status in (200, 201), answer
+
     async def aclose(self) -> None:
         await self.session.close()
 
@@ -67,6 +77,7 @@ class Operator:
         self.log = log
         self.webhook_url = f"http://127.0.0.1:{webhook_port}"
         self.liveness_url = f"http://127.0.0.1:{liveness_port}/healthz"
+        self.metrics_url = f"http://127.0.0.1:{free_port()}/metrics"
         self.proc: asyncio.subprocess.Process | None = None
 
     def lines(self, text: str) -> list[str]:
@@ -137,6 +148,7 @@ async def operator(
         "GATEWAY_OPERATOR_STATUS_INTERVAL_S": "1",
         "GATEWAY_OPERATOR_SIDECAR": json.dumps(SIDECAR),
         "GATEWAY_OPERATOR_LIVENESS": op.liveness_url,
+        "GATEWAY_OPERATOR_METRICS_PORT": op.metrics_url.rsplit(":", 1)[1].split("/")[0],
         **({"GATEWAY_OPERATOR_REDIS_URL": redis_url} if redis_url else {}),
         **env,
     }
@@ -188,3 +200,51 @@ def condition(gametable: dict[str, Any] | None, kind: str) -> dict[str, Any]:
         if c.get("type") == kind:
             return dict(c)
     return {}
+
+
+def gametable(name: str, code: str, broker_port: int = 1883, **spec: Any) -> dict[str, Any]:
+    """A valid roulette GameTable with one broker."""
+    return {
+        "apiVersion": "studio.gateway.dev/v1alpha1",
+        "kind": "GameTable",
+        "metadata": {"name": name},
+        "spec": {
+            "game": "roulette",
+            "tableCode": code,
+            "brokerGroup": {
+                "name": f"group-{name}",
+                "brokers": [
+                    {
+                        "id": "b1",
+                        "host": "127.0.0.1",
+                        "port": broker_port,
+                        "priority": 1,
+                        "credentialsSecret": {"name": "b1-credentials"},
+                    }
+                ],
+            },
+            "redis": {"urlSecret": {"name": "redis", "key": "url"}},
+            "detect": {"timeoutSeconds": 5, "retryCount": 2, "retryDelaySeconds": 0.2},
+            **spec,
+        },
+    }
+
+
+def game_pod(labels: dict[str, str]) -> dict[str, Any]:
+    """A pod as a ReplicaSet sends it: generateName, and no metadata.namespace."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "roulette-7d9f-", "labels": labels},
+        "spec": {"containers": [{"name": "game", "image": "studio/roulette:5"}]},
+    }
+
+
+async def admit(cluster: Cluster, op: Operator, pod: dict[str, Any], ns: str) -> dict[str, Any]:
+    """The webhook's AdmissionReview response for ``pod`` created in ``ns``."""
+    async with cluster.session.post(f"{op.webhook_url}/inject-sidecar", json=review(pod, ns)) as r:
+        assert r.status == 200, await r.text()
+        answer = await r.json()
+    assert answer["kind"] == "AdmissionReview"
+    assert answer["response"]["uid"] == "705ab4f5-6393-11e8-b7cc-42010a800002"
+    return dict(answer["response"])

@@ -6,7 +6,8 @@ get, create, merge-patch and delete. On top of it this adds what a real API serv
 garbage collector) would do: ``uid``, ``creationTimestamp`` and ``resourceVersion`` on
 create; ``generation`` bumped by spec changes only; the ``status`` subresource (a status
 patch changes only status, a main-resource patch never changes status); 409 Conflict on a
-stale ``resourceVersion``; cascading deletion of dependents by ``ownerReferences``.
+stale ``resourceVersion``; cascading deletion of dependents by ``ownerReferences``; field
+managers in ``managedFields`` and server-side apply (``fields.py``).
 
 Run as a process: ``python -m tests.operator.kube_api --port P`` prints ``ready`` when it
 serves on ``http://127.0.0.1:P``.
@@ -18,18 +19,26 @@ import argparse
 import asyncio
 import datetime
 import itertools
+import json
 import sys
 import uuid
 from typing import Any
 
 import aiohttp.web
+import attrs
 import kmock
 import yaml
 
 from gametable_operator.render import GROUP, VERSION
+from tests.operator import fields
 
 GAMETABLES = f"{GROUP}/{VERSION}/gametables"
+PEERINGS = (
+    ("kopfpeerings", "KopfPeering", True),
+    ("clusterkopfpeerings", "ClusterKopfPeering", False),
+)
 _versions = itertools.count(1)
+APPLIED = "X-Emulator-Applied"  # a write an apply turned into: its managedFields are set
 
 
 class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
@@ -43,7 +52,12 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         try:
+            applying = _is_apply(request) or APPLIED in request.headers
+            if _is_apply(request):  # served as the POST or merge patch it amounts to
+                return await self._forward(self._applied(request))
             self._bookkeeping(request)
+            if request.subresource is None and not applying:
+                self._record_manager(request)
         except kmock.KubernetesError as exc:
             return await self._render_error(exc)  # type: ignore[no-any-return]
         before = self._current(request)
@@ -87,6 +101,55 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
             meta["generation"] = int(current["metadata"].get("generation", 1)) + 1
         meta["resourceVersion"] = str(next(_versions))
 
+    def _applied(self, request: kmock.Request) -> kmock.Request:
+        """A server-side apply, turned into the create or merge patch it amounts to."""
+        manager = request.params.get("fieldManager")
+        if not manager:
+            raise kmock.KubernetesError(
+                status=400, reason="BadRequest",
+                message="fieldManager is required for apply requests",
+            )  # fmt: skip
+        if not isinstance(request.data, dict):
+            raise kmock.KubernetesError(status=400, reason="BadRequest", message="not an object")
+        current = self._current(request)
+        force = request.params.get("force") == "true"
+        try:
+            new, patch = fields.apply(current, request.data, manager, force)
+        except fields.Conflict as exc:
+            raise kmock.KubernetesError(status=409, reason="Conflict", message=str(exc)) from exc
+        if current is None:
+            new.setdefault("metadata", {})["namespace"] = request.namespace
+            return attrs.evolve(request, action=kmock.action.CREATE, data=new)  # type: ignore[misc]
+        return attrs.evolve(request, data=patch)  # type: ignore[misc]
+
+    async def _forward(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """Send the create or merge patch an apply amounts to, and answer with its answer."""
+        path = str(request.url.path)
+        if request.action == kmock.action.CREATE:
+            method, path = "POST", path.rsplit("/", 1)[0]
+            headers = {APPLIED: "1"}
+        else:
+            method, headers = (
+                "PATCH",
+                {APPLIED: "1", "Content-Type": "application/merge-patch+json"},
+            )
+        url = f"{self.servers[0].url}{path}"
+        async with (
+            aiohttp.ClientSession() as session,
+            session.request(method, url, data=json.dumps(request.data), headers=headers) as r,
+        ):
+            return aiohttp.web.json_response(await r.json(content_type=None), status=r.status)
+
+    def _record_manager(self, request: kmock.Request) -> None:
+        """The field manager of a create or merge patch, as the API server records it."""
+        if request.action not in (kmock.action.CREATE, kmock.action.UPDATE):
+            return
+        if not isinstance(request.data, dict):
+            return
+        agent = request.headers.get("User-Agent", "unknown").split("/", 1)[0]
+        manager = request.params.get("fieldManager") or agent
+        fields.record_update(self._current(request), request.data, manager)
+
     def _current(self, request: kmock.Request) -> dict[str, Any] | None:
         key = (request.resource, request.namespace, request.name)
         if request.resource is None or request.name is None:
@@ -110,6 +173,11 @@ class KubeApi(kmock.KubernetesEmulator):  # type: ignore[misc]
                 url = f"{self.servers[0].url}{path}"
                 async with aiohttp.ClientSession() as session, session.delete(url) as r:
                     r.raise_for_status()
+
+
+def _is_apply(request: kmock.Request) -> bool:
+    content_type = request.headers.get("Content-Type", "").split(";", 1)[0].strip()
+    return request.action == kmock.action.UPDATE and content_type == fields.APPLY_TYPE
 
 
 def _merged(base: Any, patch: Any) -> Any:
@@ -142,6 +210,11 @@ def make_api() -> KubeApi:
         shortnames=set(names["shortNames"]), subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     )  # fmt: skip
+    for plural, kind, namespaced in PEERINGS:  # kopf's, as the chart installs them
+        api.resources[f"kopf.dev/v1/{plural}"] = kmock.ResourceInfo(
+            namespaced=namespaced, kind=kind, singular=kind.lower(),
+            verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        )  # fmt: skip
     return api
 
 

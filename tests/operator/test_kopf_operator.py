@@ -29,40 +29,16 @@ from tests.operator.harness import (
     SIDECAR,
     Cluster,
     Operator,
+    admit,
     condition,
     eventually,
+    game_pod,
+    gametable,
     kube_api,
     operator,
 )
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def gametable(name: str, code: str, broker_port: int = 1883, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "studio.gateway.dev/v1alpha1",
-        "kind": "GameTable",
-        "metadata": {"name": name},
-        "spec": {
-            "game": "roulette",
-            "tableCode": code,
-            "brokerGroup": {
-                "name": f"group-{name}",
-                "brokers": [
-                    {
-                        "id": "b1",
-                        "host": "127.0.0.1",
-                        "port": broker_port,
-                        "priority": 1,
-                        "credentialsSecret": {"name": "b1-credentials"},
-                    }
-                ],
-            },
-            "redis": {"urlSecret": {"name": "redis", "key": "url"}},
-            "detect": {"timeoutSeconds": 5, "retryCount": 2, "retryDelaySeconds": 0.2},
-            **spec,
-        },
-    }
 
 
 @pytest.fixture(scope="module")
@@ -126,13 +102,25 @@ async def test_create_update_delete(cluster: Cluster, op: Operator) -> None:
     await asyncio.sleep(1.5)
     assert len(op.lines("[t-crud/aro-001] Handler 'reconcile' succeeded")) == before
 
+    current = await cluster.gametable("t-crud", "aro-001")
+    assert current is not None and not current["metadata"].get("finalizers")
     await cluster.delete_gametable("t-crud", "aro-001")
-
-    async def gone() -> bool:
-        return await cluster.gametable("t-crud", "aro-001") is None
-
-    await eventually(gone, 10, "the operator releases its finalizer")
+    assert await cluster.gametable("t-crud", "aro-001") is None  # no finalizer to wait for
     assert await cluster.configmap("t-crud", "aro-001-gateway") is None  # owner-reference GC
+
+
+async def test_an_old_finalizer_is_removed(cluster: Cluster, op: Operator) -> None:
+    """The finalizer an earlier operator put on GameTables for its timer is taken off, so that
+    a GameTable can be deleted when no operator runs (after an uninstall)."""
+    old = gametable("aro-010", "ARO-010")
+    old["metadata"]["finalizers"] = ["studio.gateway.dev/operator"]
+    await cluster.create_gametable("t-final", old)
+
+    async def released() -> bool:
+        gt = await cluster.gametable("t-final", "aro-010")
+        return gt is not None and not gt["metadata"].get("finalizers")
+
+    await eventually(released, 10, "the old finalizer is removed")
 
 
 async def test_invalid_spec_is_a_condition_not_a_retry_loop(cluster: Cluster, op: Operator) -> None:
@@ -172,7 +160,11 @@ async def test_invalid_spec_is_a_condition_not_a_retry_loop(cluster: Cluster, op
 async def test_configmap_drift_is_repaired_and_foreign_ones_left_alone(
     cluster: Cluster, op: Operator
 ) -> None:
-    """A deleted or edited ConfigMap comes back; one the operator does not own is not taken."""
+    """A deleted or edited ConfigMap comes back; one the operator does not own is not taken.
+
+    The operator writes by server-side apply: an edited field it applied is taken back
+    (forced), while a key somebody else added stays, held by that field manager.
+    """
     await cluster.create_gametable("t-drift", gametable("aro-002", "ARO-002"))
     path = "/api/v1/namespaces/t-drift/configmaps/aro-002-gateway"
 
@@ -181,17 +173,27 @@ async def test_configmap_drift_is_repaired_and_foreign_ones_left_alone(
         return None if cm is None else str(cm["data"].get("table.json"))
 
     original = await eventually(table_json, 10, "the ConfigMap exists")
-    status, _ = await cluster.request("PATCH", path, {"data": {"table.json": "{}", "extra": "x"}})
+    applied = await cluster.configmap("t-drift", "aro-002-gateway")
+    assert applied is not None
+    assert [(e["manager"], e["operation"]) for e in applied["metadata"]["managedFields"]] == [
+        ("gateway-operator", "Apply")
+    ]
+    edit = {"data": {"table.json": "{}", "extra": "x"}}
+    status, _ = await cluster.request("PATCH", f"{path}?fieldManager=kubectl-edit", edit)
     assert status == 200
 
-    async def restored() -> bool:
+    async def restored() -> dict[str, Any] | None:
         cm = await cluster.configmap("t-drift", "aro-002-gateway")
-        return cm is not None and cm["data"] == {"table.json": original}
+        return cm if cm is not None and cm["data"].get("table.json") == original else None
 
-    await eventually(restored, 10, "the edited ConfigMap is put back")
+    cm = await eventually(restored, 10, "the edited ConfigMap is put back")
+    assert cm["data"] == {"table.json": original, "extra": "x"}
+    managers = {e["manager"]: e["fieldsV1"]["f:data"] for e in cm["metadata"]["managedFields"]}
+    assert managers == {"gateway-operator": {"f:table.json": {}}, "kubectl-edit": {"f:extra": {}}}
     status, _ = await cluster.request("DELETE", path)
     assert status == 200
-    await eventually(restored, 10, "the deleted ConfigMap is re-created")
+    cm = await eventually(restored, 10, "the deleted ConfigMap is re-created")
+    assert cm["data"] == {"table.json": original}
 
     foreign = {"metadata": {"name": "aro-003-gateway"}, "data": {"table.json": "mine"}}
     status, _ = await cluster.request("POST", "/api/v1/namespaces/t-drift/configmaps", foreign)
@@ -207,6 +209,26 @@ async def test_configmap_drift_is_repaired_and_foreign_ones_left_alone(
     assert "is not owned by this GameTable" in cond["message"]
     cm = await cluster.configmap("t-drift", "aro-003-gateway")
     assert cm is not None and cm["data"] == {"table.json": "mine"}  # untouched
+
+    # A ConfigMap replaced by someone else's after the table rendered: only the status
+    # refresh sees it, and logs it once, not at every refresh.
+    for _ in range(20):
+        await cluster.request("DELETE", path)
+        taken = {"metadata": {"name": "aro-002-gateway"}, "data": {"table.json": "theirs"}}
+        status, _ = await cluster.request("POST", "/api/v1/namespaces/t-drift/configmaps", taken)
+        if status in (200, 201):
+            break  # else the operator put its own back first: try again
+    assert status in (200, 201)
+
+    async def refresh_failed() -> list[str]:
+        lines = op.lines("status refresh: ConfigMap t-drift/aro-002-gateway exists and is not")
+        return [line for line in lines if "[t-drift/aro-002]" in line]
+
+    await eventually(refresh_failed, 10, "the refresh logs the failure")
+    await asyncio.sleep(2.5)  # two more refreshes
+    assert len(await refresh_failed()) == 1
+    gt = await cluster.gametable("t-drift", "aro-002")
+    assert condition(gt, "ConfigRendered")["reason"] == "ApplyFailed"
 
 
 def mount(table_json: str, root: Path, redis_url: str) -> str:
@@ -284,25 +306,6 @@ async def _generation(probe: Any, generation: int) -> str | None:
     return text if text and json.loads(text)["generation"] == generation else None
 
 
-def game_pod(labels: dict[str, str]) -> dict[str, Any]:
-    # As a ReplicaSet sends it: generateName, and no metadata.namespace in the object.
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"generateName": "roulette-7d9f-", "labels": labels},
-        "spec": {"containers": [{"name": "game", "image": "studio/roulette:5"}]},
-    }
-
-
-async def admit(cluster: Cluster, op: Operator, pod: dict[str, Any], ns: str) -> dict[str, Any]:
-    async with cluster.session.post(f"{op.webhook_url}/inject-sidecar", json=review(pod, ns)) as r:
-        assert r.status == 200, await r.text()
-        answer = await r.json()
-    assert answer["kind"] == "AdmissionReview"
-    assert answer["response"]["uid"] == "705ab4f5-6393-11e8-b7cc-42010a800002"
-    return dict(answer["response"])
-
-
 async def test_webhook_injects_the_native_sidecar(cluster: Cluster, op: Operator) -> None:
     """Real AdmissionReview JSON: labelled → sidecar patch; unlabelled, unknown → as they must."""
     await cluster.create_gametable("t-hook", gametable("aro-004", "ARO-004"))
@@ -310,7 +313,7 @@ async def test_webhook_injects_the_native_sidecar(cluster: Cluster, op: Operator
 
     async def allowed() -> dict[str, Any] | None:
         try:
-            response = await admit(cluster, op, labelled, "t-hook")  # the index fills in
+            response = await admit(cluster, op, labelled, "t-hook")
         except aiohttp.ClientConnectorError:
             return None  # kopf starts its webhook server after the liveness endpoint
         return response if response["allowed"] else None

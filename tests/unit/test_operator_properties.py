@@ -294,6 +294,7 @@ VARIABLES = st.sampled_from(
         "NAMESPACES",
         "LIVENESS",
         "WEBHOOK_PORT",
+        "METRICS_PORT",
         "WEBHOOK_TLS_DIR",
         "REDIS_URL",
         "STATUS_INTERVAL_S",
@@ -303,7 +304,9 @@ VARIABLES = st.sampled_from(
 )
 VALUES = (
     st.text(st.characters(exclude_categories=()), max_size=20)
-    | st.sampled_from(["1", "9443", "nan", "inf", "1e400", "1" * 5000, "redis://r", "INFO"])
+    | st.sampled_from(
+        ["1", "9443", "8080", "0", "nan", "inf", "1e400", "1" * 5000, "redis://r", "INFO"]
+    )
     | TREES.map(json.dumps)
 )
 

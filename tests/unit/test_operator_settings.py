@@ -42,6 +42,7 @@ def test_defaults_without_any_variable() -> None:
     assert cfg.namespaces == ()
     assert cfg.liveness == "http://0.0.0.0:8080/healthz"
     assert cfg.webhook_port == 9443
+    assert cfg.metrics_port == 8081
     assert cfg.webhook_tls_dir == "" and cfg.redis_url == ""
     assert cfg.status_interval_s == 15.0
     assert cfg.log_level == "INFO"
@@ -57,6 +58,7 @@ def test_every_variable_is_parsed() -> None:
             NAMESPACES=" studio-a, studio-b ,,studio-c ",
             LIVENESS="http://0.0.0.0:9090/live",
             WEBHOOK_PORT=" 8443 ",
+            METRICS_PORT=" 9100 ",
             WEBHOOK_TLS_DIR="/etc/webhook/tls",
             REDIS_URL="redis://redis.studio:6379/0",
             STATUS_INTERVAL_S="2.5",
@@ -67,6 +69,7 @@ def test_every_variable_is_parsed() -> None:
     assert cfg.namespaces == ("studio-a", "studio-b", "studio-c")
     assert cfg.liveness == "http://0.0.0.0:9090/live"
     assert cfg.webhook_port == 8443
+    assert cfg.metrics_port == 9100
     assert cfg.webhook_tls_dir == "/etc/webhook/tls"
     assert cfg.redis_url == "redis://redis.studio:6379/0"
     assert cfg.status_interval_s == 2.5
@@ -77,7 +80,8 @@ def test_every_variable_is_parsed() -> None:
 
 def test_blank_variables_mean_the_defaults() -> None:
     """Variables set to whitespace behave as unset rather than failing to parse."""
-    names = ("NAMESPACES", "WEBHOOK_PORT", "STATUS_INTERVAL_S", "LOG_LEVEL", "SIDECAR")
+    names = ("NAMESPACES", "WEBHOOK_PORT", "METRICS_PORT", "STATUS_INTERVAL_S", "LOG_LEVEL")
+    names += ("SIDECAR",)
     assert from_env(_env(**dict.fromkeys(names, "  "))) == OperatorSettings()
 
 
@@ -85,6 +89,11 @@ BAD_VARIABLES = {
     "port-zero": ("WEBHOOK_PORT", "0"),
     "port-too-high": ("WEBHOOK_PORT", "65536"),
     "port-not-a-number": ("WEBHOOK_PORT", "https"),
+    "metrics-port-negative": ("METRICS_PORT", "-1"),
+    "metrics-port-too-high": ("METRICS_PORT", "65536"),
+    "metrics-port-not-a-number": ("METRICS_PORT", "metrics"),
+    "metrics-port-on-the-webhook": ("METRICS_PORT", "9443"),
+    "metrics-port-on-liveness": ("METRICS_PORT", "8080"),
     "interval-not-a-number": ("STATUS_INTERVAL_S", "soon"),
     "interval-too-short": ("STATUS_INTERVAL_S", "0.5"),
     "interval-too-long": ("STATUS_INTERVAL_S", "3601"),
@@ -109,6 +118,38 @@ def test_out_of_range_port_message_gives_the_range() -> None:
         from_env(_env(WEBHOOK_PORT="70000"))
     message = str(info.value)
     assert "between 1 and 65535" in message and "70000" in message
+
+
+def test_metrics_port_zero_turns_the_endpoint_off() -> None:
+    """GATEWAY_OPERATOR_METRICS_PORT 0 is accepted, and never clashes with another port."""
+    assert from_env(_env(METRICS_PORT="0")).metrics_port == 0
+    assert from_env(_env(METRICS_PORT="0", LIVENESS="http://0.0.0.0:0/healthz")).metrics_port == 0
+
+
+@pytest.mark.parametrize(
+    ("env", "other"),
+    [
+        ({"METRICS_PORT": "9443"}, "GATEWAY_OPERATOR_WEBHOOK_PORT"),
+        ({"METRICS_PORT": "8443", "WEBHOOK_PORT": "8443"}, "GATEWAY_OPERATOR_WEBHOOK_PORT"),
+        ({"WEBHOOK_PORT": "8081"}, "GATEWAY_OPERATOR_WEBHOOK_PORT"),
+        ({"METRICS_PORT": "8080"}, "GATEWAY_OPERATOR_LIVENESS"),
+        ({"LIVENESS": "http://0.0.0.0:8081/healthz"}, "GATEWAY_OPERATOR_LIVENESS"),
+        ({"METRICS_PORT": "80", "LIVENESS": "http://0.0.0.0/healthz"}, "GATEWAY_OPERATOR_LIVENESS"),
+    ],
+)
+def test_metrics_port_must_be_its_own(env: dict[str, str], other: str) -> None:
+    """A metrics port shared with the webhook or the liveness endpoint names both variables."""
+    with pytest.raises(ConfigError) as info:
+        from_env(_env(**env))
+    message = str(info.value)
+    assert message.startswith("GATEWAY_OPERATOR_METRICS_PORT:"), message
+    assert other in message
+
+
+def test_metrics_port_beside_a_liveness_url_without_a_port() -> None:
+    """A liveness URL naming no port listens on its scheme's (80): the default 8081 is free."""
+    cfg = from_env(_env(LIVENESS="http://0.0.0.0/healthz"))
+    assert cfg.metrics_port == 8081
 
 
 def test_full_sidecar_object() -> None:

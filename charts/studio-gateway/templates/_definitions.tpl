@@ -137,3 +137,8 @@ per render and kept in .Values: every template must see the same CA and key.
 {{- end }}
 {{- get .Values "__webhookTLS" | toJson }}
 {{- end }}
+
+{{/* The kopf peering object the operator replicas elect through. */}}
+{{- define "studio-gateway.peeringName" -}}
+{{ include "studio-gateway.fullname" . }}-operator
+{{- end }}

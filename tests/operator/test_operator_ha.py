@@ -1,0 +1,132 @@
+"""Two operator replicas against the API emulator: one reconciles, the other stands by.
+
+The replicas elect through kopf's peering object, as the Helm chart deploys them. Every
+replica serves the admission webhook, the standby too, since it reads the GameTable from
+the API server rather than from a watch it does not run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.devtools.sandbox import RedisProcess
+from tests.operator.harness import (
+    Cluster,
+    Operator,
+    admit,
+    eventually,
+    game_pod,
+    gametable,
+    kube_api,
+    operator,
+)
+
+pytestmark = pytest.mark.timeout(120)
+PEERING = "gateway-operator"
+LIFETIME_S = 6
+
+
+def reconciled(op: Operator, name: str) -> bool:
+    """Whether ``op`` ran the reconcile handler of GameTable ``name`` (its JSON log)."""
+    for line in op.lines("Handler 'reconcile' succeeded"):
+        if (json.loads(line).get("object") or {}).get("name") == name:
+            return True
+    return False
+
+
+async def rendered_by(op: Operator, cluster: Cluster, name: str) -> bool:
+    """Whether ``op`` reconciled GameTable ``name`` and its ConfigMap exists."""
+    return reconciled(op, name) and await cluster.configmap("t-ha", f"{name}-gateway") is not None
+
+
+async def scrape(cluster: Cluster, op: Operator) -> dict[str, float]:
+    """The operator's /metrics samples by name and labels."""
+    async with cluster.session.get(op.metrics_url) as r:
+        assert r.status == 200
+        text = await r.text()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            samples[name] = float(value)
+    return samples
+
+
+async def peers(cluster: Cluster, count: int) -> bool:
+    """Whether the peering object lists ``count`` live replicas."""
+    status, body = await cluster.request("GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{PEERING}")
+    live = [p for p in ((body or {}).get("status") or {}).values() if p and p.get("lifetime")]
+    return status == 200 and len(live) == count
+
+
+async def test_leader_handover_on_crash_and_on_shutdown(tmp_path: Path) -> None:
+    """The older replica leads; a killed leader is replaced within the peering lifetime, one
+    that shuts down cleanly at once (it takes itself out of the peering object)."""
+    env = {"GATEWAY_OPERATOR_PEERING": PEERING,
+           "GATEWAY_OPERATOR_PEERING_LIFETIME_S": str(LIFETIME_S)}  # fmt: skip
+    async with RedisProcess() as redis, kube_api(tmp_path) as cluster:
+        await cluster.create_peering(PEERING)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        (tmp_path / "c").mkdir()
+        async with contextlib.AsyncExitStack() as stack:
+            a = await stack.enter_async_context(
+                operator(tmp_path / "a", cluster, redis.url, cli=True, **env)
+            )
+            await cluster.create_gametable("t-ha", gametable("aro-101", "ARO-101"))
+            await eventually(lambda: rendered_by(a, cluster, "aro-101"), 15, "A leads")
+            b = await stack.enter_async_context(
+                operator(tmp_path / "b", cluster, redis.url, cli=True, **env)
+            )
+
+            await eventually(lambda: peers(cluster, 2), 10, "both replicas are peers")
+            await cluster.create_gametable("t-ha", gametable("aro-102", "ARO-102"))
+            await eventually(lambda: rendered_by(a, cluster, "aro-102"), 10, "A renders")
+            assert not reconciled(b, "aro-102")
+
+            pod = game_pod({"studio.gateway.dev/gametable": "aro-102"})
+            answer = await admit(cluster, b, pod, "t-ha")
+            assert answer["allowed"] is True and answer["patchType"] == "JSONPatch"
+            leader, standby = await scrape(cluster, a), await scrape(cluster, b)
+            assert leader["gateway_operator_last_active_timestamp_seconds"] > 0
+            assert standby["gateway_operator_last_active_timestamp_seconds"] == 0
+            assert standby['gateway_operator_admissions_total{result="injected"}'] == 1
+            assert leader['gateway_operator_reconciles_total{result="rendered"}'] >= 2
+            assert standby['gateway_operator_reconciles_total{result="rendered"}'] == 0
+
+            assert a.proc is not None
+            a.proc.kill()  # a crash: no goodbye in the peering object
+            await a.proc.wait()
+            killed = _now()
+            await cluster.create_gametable("t-ha", gametable("aro-103", "ARO-103"))
+            await eventually(
+                lambda: rendered_by(b, cluster, "aro-103"), LIFETIME_S + 10, "B takes over"
+            )
+            crash_handover_s = _now() - killed
+            assert b.lines("Resuming operations")
+
+            c = await stack.enter_async_context(
+                operator(tmp_path / "c", cluster, redis.url, cli=True, **env)
+            )
+
+            await eventually(lambda: peers(cluster, 2), 10, "B and the new replica are peers")
+            assert b.proc is not None
+            b.proc.terminate()  # a rollout: kopf removes B from the peering object
+            await b.proc.wait()
+            stopped = _now()
+            await cluster.create_gametable("t-ha", gametable("aro-104", "ARO-104"))
+            await eventually(lambda: rendered_by(c, cluster, "aro-104"), 10, "C takes over")
+            # Before the lifetime could have expired: the clean exit was seen, not waited out.
+            graceful_handover_s = _now() - stopped
+            print(f"handover: crash {crash_handover_s:.2f} s, shutdown {graceful_handover_s:.2f} s")
+            assert graceful_handover_s < LIFETIME_S, (crash_handover_s, graceful_handover_s)
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
