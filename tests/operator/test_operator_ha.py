@@ -91,8 +91,15 @@ async def test_leader_handover_on_crash_and_on_shutdown(tmp_path: Path) -> None:
             pod = game_pod({"studio.gateway.dev/gametable": "aro-102"})
             answer = await admit(cluster, b, pod, "t-ha")
             assert answer["allowed"] is True and answer["patchType"] == "JSONPatch"
-            leader, standby = await scrape(cluster, a), await scrape(cluster, b)
-            assert leader["gateway_operator_last_active_timestamp_seconds"] > 0
+
+            async def leader_active() -> dict[str, float] | None:
+                samples = await scrape(cluster, a)
+                return (
+                    samples if samples["gateway_operator_last_active_timestamp_seconds"] else None
+                )
+
+            leader = await eventually(leader_active, 10, "the leader's status timer runs")
+            standby = await scrape(cluster, b)
             assert standby["gateway_operator_last_active_timestamp_seconds"] == 0
             assert standby['gateway_operator_admissions_total{result="injected"}'] == 1
             assert leader['gateway_operator_reconciles_total{result="rendered"}'] >= 2
