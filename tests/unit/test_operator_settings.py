@@ -99,6 +99,9 @@ BAD_VARIABLES = {
     "interval-too-long": ("STATUS_INTERVAL_S", "3601"),
     "interval-nan": ("STATUS_INTERVAL_S", "nan"),
     "log-level": ("LOG_LEVEL", "verbose"),
+    "peering-not-a-name": ("PEERING", "Gateway_Operator"),
+    "peering-lifetime-too-short": ("PEERING_LIFETIME_S", "1"),
+    "peering-lifetime-not-whole": ("PEERING_LIFETIME_S", "7.5"),
     "sidecar-not-json": ("SIDECAR", "{image: x}"),
     "sidecar-not-object": ("SIDECAR", '["studio-gateway:1"]'),
 }
@@ -253,6 +256,26 @@ def test_kopf_argv_namespace_list() -> None:
     params = _kopf_run_params(argv)
     assert params["namespaces"] == ("studio-a", "studio-b")
     assert params["clusterwide"] is False and params["standalone"] is True
+
+
+def test_kopf_argv_with_peering_elects_instead_of_standalone() -> None:
+    """With a peering name kopf runs with that peering object, never standalone."""
+    argv = cli.kopf_argv(_env(PEERING="studio-gateway-operator", PEERING_LIFETIME_S="30"))
+    assert "--standalone" not in argv
+    params = _kopf_run_params(argv)
+    assert params["peering_name"] == "studio-gateway-operator"
+    assert params["standalone"] is None
+    assert from_env(_env(PEERING_LIFETIME_S="30")).peering_lifetime_s == 30
+
+
+def test_an_earlier_start_has_the_higher_priority() -> None:
+    """The oldest replica leads: priorities fall with the start time, a millisecond apart
+    is enough, and replicas started in the same millisecond still differ (almost always)."""
+    from gametable_operator.handlers import startup_priority
+
+    assert startup_priority(1000.000) > startup_priority(1000.001) > startup_priority(2000.0)
+    same = {startup_priority(1000.0) for _ in range(50)}
+    assert len(same) > 1
 
 
 def test_kopf_argv_passes_the_liveness_url() -> None:
