@@ -99,8 +99,12 @@ class LinkTimings:
 
     keepalive_s: int = 5
     operation_timeout_s: float = 2.0
-    probe_interval_s: float = 0.2
+    probe_interval_s: float = 0.2  # between probes of the active broker (and of all, when none is)
     probe_timeout_s: float = 0.6
+    # Between probes of a standby broker (never less than probe_interval_s): only the active
+    # one carries rounds, so only its hang must be noticed within a second; a standby that
+    # becomes active is probed at once and from then on every probe_interval_s.
+    standby_probe_interval_s: float = 1.0
     backoff_initial_s: float = 0.05
     # Short, so a link is back about a second after its broker heals (a refused connect
     # is cheap; a hung broker paces the attempts itself by its CONNACK timeout).

@@ -225,6 +225,9 @@ def _timings(s: Section | None) -> LinkTimings:
         operation_timeout_s=s.number("operation_timeout_s", d.operation_timeout_s, lo=0.05, hi=60),
         probe_interval_s=s.number("probe_interval_s", d.probe_interval_s, lo=0.01, hi=60),
         probe_timeout_s=s.number("probe_timeout_s", d.probe_timeout_s, lo=0.01, hi=60),
+        standby_probe_interval_s=s.number(
+            "standby_probe_interval_s", d.standby_probe_interval_s, lo=0.01, hi=60
+        ),
         backoff_initial_s=s.number("backoff_initial_s", d.backoff_initial_s, lo=0.001, hi=60),
         backoff_max_s=s.number("backoff_max_s", d.backoff_max_s, lo=0.001, hi=600),
         holddown_s=s.number("holddown_s", d.holddown_s, lo=0, hi=3600),

@@ -39,18 +39,22 @@ MAX_VIEW_BROKERS = 64
 
 # KEYS: group hash. ARGV: view field, view JSON.
 # Returns {flat HGETALL, sha1 of the raw record or "", the wrong type deleted or ""}.
+# Two commands when the key is a hash (HSET, HGETALL): each sidecar runs it every second.
 STEP_SCRIPT = """
-local kind = redis.call('TYPE', KEYS[1])['ok']
 local deleted = ''
-if kind ~= 'hash' and kind ~= 'none' then
+local wrote = redis.pcall('HSET', KEYS[1], ARGV[1], ARGV[2])
+if type(wrote) == 'table' and wrote['err'] then
+  if not string.find(wrote['err'], 'WRONGTYPE', 1, true) then return wrote end
+  deleted = redis.call('TYPE', KEYS[1])['ok']
   redis.call('DEL', KEYS[1])
-  deleted = kind
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-local rec = redis.call('HGET', KEYS[1], 'record')
+local all = redis.call('HGETALL', KEYS[1])
 local sha = ''
-if rec then sha = redis.sha1hex(rec) end
-return {redis.call('HGETALL', KEYS[1]), sha, deleted}
+for i = 1, #all, 2 do
+  if all[i] == 'record' then sha = redis.sha1hex(all[i + 1]) end
+end
+return {all, sha, deleted}
 """
 
 # KEYS: group hash. ARGV: sha1 of the record the proposer read ("" = none), new record

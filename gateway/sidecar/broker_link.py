@@ -3,25 +3,25 @@
 ``BrokerLink`` owns one aiomqtt connection to one broker and keeps it alive: connect
 (TLS, credentials, TCP_NODELAY, a packet-size limit, a client id unique to this sidecar
 instance; ``connection.py``), subscribe and wait for the SUBACK, prove the round trip
-with a first probe, then keep probing through the broker every few hundred milliseconds.
+with a first probe, then keep probing through the broker: every few hundred milliseconds
+while it is the active broker, less often while another one is (``set_standby``).
 A probe is a QoS 1 publish that must be acknowledged (PUBACK) *and* come back through the
 subscription within ``probe_timeout_s``. A killed broker is noticed when the socket
 drops; a hung one, or one that still relays messages but stopped acknowledging QoS 1
 (inflight window full, a stuck plugin or bridge), when a probe misses its deadline; a
 command publish that gets no PUBACK within ``operation_timeout_s`` counts the same. Any
 failure marks the link DOWN at once, fails its in-flight publishes, and reconnects with
-capped exponential backoff and jitter.
-
-Each link also watches the table's command topic for commands it gave up on during a
-hang (``late_commands.py``). A message whose handling fails is dropped and counted
-(``gateway.drops``), never the link; a link that fails for a reason nobody foresaw is
-restarted by the pool's ``Supervisor``, never the process. A link reports its state;
-it never decides which broker is active (``brokers.BrokerPool`` and the elector do).
+capped exponential backoff and jitter. Each link also watches the table's command topic
+for commands it gave up on during a hang (``late_commands.py``). A message whose handling
+fails is dropped and counted (``gateway.drops``), never the link; a link that fails for a
+reason nobody foresaw is restarted by the pool's ``Supervisor``, never the process. A link
+reports its state; it never decides which broker is active (the pool and the elector do).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 
 import aiomqtt
 from opentelemetry import trace
-from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.backoff import Backoff
 from gateway.drops import Drops
 from gateway.errors import NoBrokerAvailable, raise_if_cancelled
-from gateway.sidecar.connection import ProtocolChoice, describe_error, make_client
+from gateway.sidecar import connection as mqtt_connection
+from gateway.sidecar.connection import ProtocolChoice, describe_error, make_client, refused_code
 from gateway.sidecar.election import LinkState, LinkStatus
 from gateway.sidecar.late_commands import LateCommands
 
@@ -61,13 +61,6 @@ class ProbeMissed(Exception):
 class PublishStalled(Exception):
     """A QoS 1 publish got no PUBACK in time: the broker takes messages but does not
     acknowledge them (inflight window full, a stuck plugin or bridge)."""
-
-
-def _refused(code: object) -> bool:
-    """A SUBACK entry that refuses the subscription (0x80 and above)."""
-    if isinstance(code, ReasonCode):
-        return bool(code.is_failure)
-    return isinstance(code, int) and code >= 0x80
 
 
 class BrokerLink:
@@ -113,6 +106,8 @@ class BrokerLink:
         self._probe_waiter: tuple[int, asyncio.Future[None]] | None = None
         self._pending: dict[asyncio.Future[None], tuple[str, bytes]] = {}
         self._stalled: asyncio.Event | None = None  # set to end the session: no PUBACK
+        self._standby = False  # another broker is active: probe every standby interval
+        self._promoted = asyncio.Event()  # set when this link stops being a standby
 
     @property
     def id(self) -> str:
@@ -138,6 +133,12 @@ class BrokerLink:
         """Ready on a newer session than ``connection``: what the broker sent us in between
         (our subscriptions are not persistent) was lost."""
         return self._state is LinkState.READY and self._connects > connection
+
+    def set_standby(self, standby: bool) -> None:
+        """Whether another broker is active: a standby is probed less often (until it is not)."""
+        self._standby = standby
+        if not standby:
+            self._promoted.set()
 
     def status(self) -> LinkStatus:
         """A snapshot of this link for the elector, Health and statistics."""
@@ -277,7 +278,7 @@ class BrokerLink:
         except aiomqtt.MqttError as exc:
             if not connected:
                 # Reached the broker but the CONNECT failed: maybe it speaks only 3.1.1.
-                self._protocol.connect_failed(exc, reached=not _socket_level(exc))
+                self._protocol.connect_failed(exc, reached=not mqtt_connection.socket_level(exc))
             raise
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
@@ -287,7 +288,7 @@ class BrokerLink:
             + [(topic, 0) for topic in self._watch]
         )
         topics = [*self._topics, self._probe_topic, *self._watch]
-        refused = [t for t, code in zip(topics, granted, strict=False) if _refused(code)]
+        refused = [t for t, code in zip(topics, granted, strict=False) if refused_code(code)]
         needed = [t for t in refused if t not in self._watch]
         if needed:
             raise aiomqtt.MqttError(f"subscription refused by the broker for {needed}")
@@ -384,15 +385,15 @@ class BrokerLink:
                 log.info(
                     "broker %s ready (MQTT %s, probe %.2f ms)", self.id, self.protocol, self._rtt_ms
                 )
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """The time between two probes; a standby's pause ends when it is made active."""
+        t = self._timings
+        if not self._standby:
             await asyncio.sleep(t.probe_interval_s)
-
-
-def _socket_level(exc: BaseException) -> bool:
-    """True when the failure is below MQTT (refused, unreachable, timed out, TLS)."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError | TimeoutError):
-            return True
-        cause = cause.__cause__ or cause.__context__
-    text = str(exc).lower()
-    return "refused" in text or "timed out" in text or "unreachable" in text
+            return
+        self._promoted.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(t.standby_probe_interval_s, t.probe_interval_s)):
+                await self._promoted.wait()

@@ -5,7 +5,8 @@ at once, each under the pool's ``Supervisor``. Every ready link hears the respon
 topics (the IDP may answer on any broker) and passes each frame to one handler; commands
 go to the broker the ``Elector`` names, and the caller learns which broker took them
 under which epoch (``PublishReceipt``). Links report their state and the pool tells the
-elector; links never decide which broker is active.
+elector; links never decide which broker is active, but the pool tells every link other
+than the active one that it is a standby, which is probed less often.
 """
 
 from __future__ import annotations
@@ -73,13 +74,20 @@ class BrokerPool:
             for b in brokers
         }
         elector.add_listener(self._on_decision)
+        self._standbys(elector.current().broker_id)
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after any change of a link state or of the decision."""
         self._listeners.append(callback)
 
     def _on_decision(self, decision: Decision) -> None:
+        self._standbys(decision.broker_id)
         self._notify()
+
+    def _standbys(self, active: str | None) -> None:
+        """Every link but the active one is a standby (none is while no broker is active)."""
+        for link in self.links.values():
+            link.set_standby(active is not None and link.id != active)
 
     def _notify(self) -> None:
         for callback in self._listeners:

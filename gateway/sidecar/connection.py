@@ -25,6 +25,7 @@ import aiomqtt
 import paho.mqtt.client as paho_mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.config import BrokerConfig
 from gateway.tls import client_context
@@ -155,3 +156,21 @@ def _limit_packet_size(
         return receive(bufsize)
 
     setattr(paho, "_sock_recv", bounded)  # noqa: B010 - assigning to a method
+
+
+def refused_code(code: object) -> bool:
+    """A SUBACK entry that refuses the subscription (0x80 and above)."""
+    if isinstance(code, ReasonCode):
+        return bool(code.is_failure)
+    return isinstance(code, int) and code >= 0x80
+
+
+def socket_level(exc: BaseException) -> bool:
+    """True when the failure is below MQTT (refused, unreachable, timed out, TLS)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError | TimeoutError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).lower()
+    return "refused" in text or "timed out" in text or "unreachable" in text

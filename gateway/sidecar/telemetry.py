@@ -14,15 +14,18 @@ log format, the SDK and its exporters are chosen here:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from opentelemetry import metrics, trace
@@ -41,6 +44,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from gateway.errors import ConfigError
 from gateway.redact import RedactingFilter
+
+if TYPE_CHECKING:
+    import prometheus_client
 
 log = logging.getLogger(__name__)
 
@@ -157,10 +163,7 @@ class Telemetry:
             return
         self._closed = True
         if self._http is not None:
-            server, thread = self._http
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout_s)
+            _stop_metrics_server(*self._http, timeout_s)
         millis = int(timeout_s * 1000)
         self.tracer_provider.force_flush(millis)
         self.tracer_provider.shutdown()
@@ -213,7 +216,7 @@ def configure_telemetry(
         prometheus_client.PlatformCollector(registry=registry)
         prometheus_client.GCCollector(registry=registry)
         try:
-            http = prometheus_client.start_http_server(listen[1], addr=listen[0], registry=registry)
+            http = _start_metrics_server(listen[0], listen[1], registry)
         except OSError as exc:
             raise ConfigError(f"--metrics-listen {metrics_listen}: {exc.strerror}") from exc
         readers.append(PrometheusMetricReader(registry=registry))
@@ -280,6 +283,44 @@ _METRIC_EXPORTERS: dict[str, Callable[[], MetricExporter]] = {
     "otlp": _otlp_metric_exporter,
     "console": lambda: ConsoleMetricExporter(out=sys.stdout),
 }
+
+
+def _start_metrics_server(
+    host: str, port: int, registry: prometheus_client.CollectorRegistry
+) -> tuple[WSGIServer, threading.Thread]:
+    """prometheus_client's scrape endpoint in a daemon thread that sleeps until a request
+    comes (``start_http_server``'s thread wakes twice a second to look for a shutdown)."""
+    from prometheus_client import make_wsgi_app
+    from prometheus_client.exposition import ThreadingWSGIServer
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            """No line per scrape."""
+
+    server = make_server(host, port, make_wsgi_app(registry), Server, handler_class=QuietHandler)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": None}, name="metrics", daemon=True
+    )
+    thread.start()
+    return server, thread
+
+
+def _stop_metrics_server(server: WSGIServer, thread: threading.Thread, timeout_s: float) -> None:
+    """Stop the scrape endpoint: its thread waits for a request, so one is sent to wake it."""
+    stopper = threading.Thread(target=server.shutdown, name="metrics-stop", daemon=True)
+    stopper.start()
+    host, port = server.server_address[:2]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(str(host), str(host))
+    deadline = time.monotonic() + timeout_s
+    while stopper.is_alive() and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            socket.create_connection((host, port), timeout=0.2).close()
+        stopper.join(0.05)
+    server.server_close()
+    thread.join(timeout_s)
 
 
 def _parse_listen(value: str) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ from gateway.fleet.store import RECORD_FIELD, Keys, connect
 from gateway.sidecar.app import Sidecar
 from gateway.sidecar.election import Decision
 from gateway.v1 import gateway_pb2 as pb
-from tests.integration.harness import FAST_REDIS, expected, fleet, until
+from tests.integration.harness import FAST_REDIS, expected, fleet, make_config, until
 from tests.integration.proxy import TcpProxy
 
 CODES = ["ARO-005", "ARO-006", "ARO-007"]
@@ -266,3 +267,35 @@ async def test_cli_health_fleet_shows_the_group(
         assert "fleet of test-group: 2 sidecar(s); connections total 4, active 4, failed 0" in out
         for s in sidecars:
             assert s.instance_id in out
+
+
+async def test_an_idle_sidecar_costs_the_store_two_commands_per_refresh_and_few_stats_writes(
+    two_brokers: list[MosquittoProcess], redis_server: RedisProcess
+) -> None:
+    """Idle: each refresh runs HSET + HGETALL in one script; unchanged statistics are written
+    again only every third of their TTL, not every stats_interval_s."""
+    redis_cfg = {**FAST_REDIS, "url": redis_server.url, "stats_interval_s": 0.1, "stats_ttl_s": 3}
+    config = make_config(two_brokers, "roulette", "ARO-008", redis=redis_cfg)
+    admin = aioredis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with Sidecar(config, listen="127.0.0.1:0") as sidecar:
+            await sidecar.wait_serving()
+            await until(lambda: all(s.ready for s in sidecar.pool.statuses()), 5, "links up")
+            await asyncio.sleep(0.5)  # let the start-up changes be written
+            before = await admin.info("commandstats")
+            await asyncio.sleep(2.0)  # a window to count commands in (refresh_s 0.2)
+            after = await admin.info("commandstats")
+    finally:
+        await admin.aclose()
+
+    def calls(name: str) -> int:
+        def count(info: dict[str, Any]) -> int:
+            return int(info.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+        return count(after) - count(before)
+
+    steps = calls("evalsha")
+    assert steps >= 5, after  # about 10 refreshes
+    assert calls("type") == 0 and calls("hget") == 0
+    assert calls("hgetall") == steps
+    assert calls("pexpire") <= 3  # statistics: about 2 (every 1 s), not 20 (every 0.1 s)

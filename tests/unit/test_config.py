@@ -492,6 +492,11 @@ BAD_DOCS: list[tuple[str, Any, str]] = [
         "failover.holddown_max_s",
     ),
     (
+        "standby-probe-interval-zero",
+        _v1_with(lambda d: d.update(failover={"standby_probe_interval_s": 0})),
+        "failover.standby_probe_interval_s",
+    ),
+    (
         "password-env-unset",
         _v1_with(lambda d: d["brokers"][0].update(password_env="NOT_SET_ANYWHERE")),
         "brokers[0].password_env",
@@ -707,3 +712,14 @@ def test_values_in_messages_are_bounded() -> None:
     with pytest.raises(ConfigError) as info:
         _parse(_v1(command_topic="#" * 100_000))
     assert len(info.value.message) < 300
+
+
+def test_standby_brokers_are_probed_every_second_unless_the_file_says_otherwise() -> None:
+    """standby_probe_interval_s defaults to 1 s, is read from "failover", and survives a dump."""
+    assert _parse(_v1()).timings.standby_probe_interval_s == 1.0
+    doc = _v1()
+    doc["failover"] = {"standby_probe_interval_s": 2.5}
+    config = _parse(doc)
+    assert config.timings.standby_probe_interval_s == 2.5
+    assert config.timings.probe_interval_s == 0.2
+    assert dump_config(config)["failover"]["standby_probe_interval_s"] == 2.5
