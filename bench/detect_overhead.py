@@ -24,6 +24,13 @@ one with the default environment (no ``OTEL_*``: telemetry off), one exporting t
 Detect sampled) and metrics (every second) over OTLP/gRPC to a sink in this process that counts
 what it receives. Their sequential rounds alternate (off, on, off, on...) so that machine noise
 hits both alike; the target is on/off <= 1.15x at p50. No span at the sink fails the bench.
+Added latency is printed in ms and in bare gRPC round trips: the p50 of a ``grpc.health`` Check
+over TCP loopback against the same sidecar is the unit (targets: <= 1.5 at p50, <= 3 at p99),
+and 16 in flight as a ratio of direct throughput (target >= 0.5x). ``--transport unix`` has the
+game call its sidecar on a Unix socket (``--listen-unix``; the unit stays the TCP Check).
+``--compare-env``/``--compare-tree``/``--compare-transport`` add an A/B phase (``--only-compare``
+alone): two more sidecars, B with the setting or the code of another source tree, their
+sequential rounds alternating so machine noise hits both; ``--sidecar-env`` applies to all.
 Exit status 0 when every target is met, 1 otherwise, 2 when the measurement itself failed.
 """
 
@@ -70,8 +77,11 @@ SERVE = [sys.executable, "-m", "gateway", "serve"]
 # Children die with the bench even on SIGKILL. setpriv rather than a preexec_fn, which would
 # force fork() and run gRPC's fork handlers in a process with live gRPC threads.
 PDEATHSIG = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
-TARGETS = {"p50": 1.0, "p99": 2.0, "ratio": 0.5, "rss_mb": 60.0, "serving_s": 1.5, "otel": 1.15}
-TELEMETRY_TABLES = {"off": "ARO-901", "on": "ARO-902"}  # one detection per table at a time
+# p50/p99: added latency in bare gRPC round trips (the p50 of a grpc.health Check over TCP
+# loopback against the same sidecar), one unit for both.
+TARGETS = {"p50": 1.5, "p99": 3.0, "ratio": 0.5, "rss_mb": 60.0, "serving_s": 1.5, "otel": 1.15}
+TELEMETRY_TABLES = {"off": "ARO-901", "on": "ARO-902"}
+COMPARE_TABLES = {"a": "ARO-801", "b": "ARO-802"}  # one detection per table at a time
 TELEMETRY_ON = {  # and OTEL_EXPORTER_OTLP_ENDPOINT, the sink's
     "OTEL_TRACES_EXPORTER": "otlp",
     "OTEL_METRICS_EXPORTER": "otlp",
@@ -177,15 +187,18 @@ def sidecar_round(client: GatewayClient, inside_ms: list[float]) -> Round:
 class Children:
     """Child processes: the simulator and one ``gateway serve`` per sidecar, as deployed."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self, workdir: Path, transport: str = "tcp", env: dict[str, str] | None = None
+    ) -> None:
         self.workdir, self.procs = workdir, list[asyncio.subprocess.Process]()
+        self.transport, self.env = transport, env or {}
 
     async def spawn(
-        self, argv: list[str], out: int, env: dict[str, str] | None = None
+        self, argv: list[str], out: int, env: dict[str, str] | None = None, cwd: str | None = None
     ) -> asyncio.subprocess.Process:
         proc = await asyncio.create_subprocess_exec(
             *PDEATHSIG, *argv, stdin=subprocess.DEVNULL, stdout=out, start_new_session=True,
-            stderr=None if out == subprocess.PIPE else out, env=env,
+            stderr=None if out == subprocess.PIPE else out, env=env, cwd=cwd,
         )  # fmt: skip
         self.procs.append(proc)
         return proc
@@ -194,14 +207,31 @@ class Children:
         return self.workdir / f"{code}.log"
 
     async def start(
-        self, doc: dict[str, Any], env: dict[str, str] | None = None
-    ) -> tuple[str, int]:
-        path, port = self.workdir / f"{doc['game_config']['game_code']}.json", free_port()
+        self,
+        doc: dict[str, Any],
+        env: dict[str, str] | None = None,
+        *,
+        transport: str | None = None,
+        tree: str | None = None,
+    ) -> tuple[str, int, str]:
+        """Start one sidecar (from the source ``tree`` if given): its TCP address, pid and
+        the target the game calls."""
+        code = doc["game_config"]["game_code"]
+        path, port = self.workdir / f"{code}.json", free_port()
         path.write_text(json.dumps(doc))
-        out = os.open(self.log(doc["game_config"]["game_code"]), os.O_WRONLY | os.O_CREAT, 0o644)
+        out = os.open(self.log(code), os.O_WRONLY | os.O_CREAT, 0o644)
+        argv = [*SERVE, "--config", str(path), "--listen", f"{HOST}:{port}"]
+        target = f"{HOST}:{port}"
+        if (transport or self.transport) == "unix":
+            sock = self.workdir / f"{code}.sock"
+            argv += ["--listen-unix", str(sock)]
+            target = f"unix:{sock}"
+        child_env = (os.environ if env is None else env) | self.env
+        if tree is not None:  # `python -m gateway` imports from its working directory first
+            child_env = child_env | {"PYTHONPATH": tree}
         try:
-            argv = [*SERVE, "--config", str(path), "--listen", f"{HOST}:{port}"]
-            return f"{HOST}:{port}", (await self.spawn(argv, out, env)).pid
+            proc = await self.spawn(argv, out, child_env, cwd=tree)
+            return f"{HOST}:{port}", proc.pid, target
         finally:
             os.close(out)
 
@@ -348,19 +378,24 @@ async def in_flight(ones: list[Round], n: int, warmup: int, pids: dict[str, list
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     codes = [f"ARO-{101 + i}" for i in range(args.concurrency)]
     r: dict[str, Any] = {"machine": machine(), "tables": f"{codes[0]}..{codes[-1]}"}
-    r |= {k: getattr(args, k) for k in ("rounds", "warmup", "concurrency", "gap_ms")}
+    r |= {k: getattr(args, k) for k in ("rounds", "warmup", "concurrency", "gap_ms", "transport")}
+    r["sidecar_env"] = dict(args.sidecar_env)
+    r |= {k: getattr(args, k) for k in ("compare_env", "compare_tree", "compare_transport")}
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(MosquittoProcess(tcp_nodelay=True))
         # Before the children: it must outlive them, to receive the on-sidecar's last export.
         sink = None if args.skip_telemetry else await stack.enter_async_context(OtlpSink())
-        children = Children(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        children = Children(workdir, args.transport, dict(args.sidecar_env))
         stack.push_async_callback(children.close)
-        tables = [*codes, *TELEMETRY_TABLES.values()]
+        tables = [*codes, *TELEMETRY_TABLES.values(), *COMPARE_TABLES.values()]
         argv = [sys.executable, __file__, "--simulate", str(broker.port), *tables]
         sim = await children.spawn(argv, subprocess.PIPE)
         assert sim.stdout is not None
         if await asyncio.wait_for(sim.stdout.readline(), 30) != b"ready\n":
             raise RuntimeError("the simulator did not start")
+        if args.only_compare:
+            return r | {"compare": await compare(children, stack, broker.port, args)}
         pids = {
             "bench client": [os.getpid()],
             "simulator": [sim.pid],
@@ -376,10 +411,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         r["baseline"] = base
 
         t0 = time.perf_counter()
-        address, pid = await children.start(config_doc(broker.port, codes[0]))
+        address, pid, target = await children.start(config_doc(broker.port, codes[0]))
         await health_checks(address, 10)
         side: dict[str, Any] = {"serving_s": time.perf_counter() - t0}
-        first, inside = await stack.enter_async_context(GatewayClient(address)), list[float]()
+        first, inside = await stack.enter_async_context(GatewayClient(target)), list[float]()
         await sequential(sidecar_round(first, inside), args.warmup)
         side["rss_mb"] = rss_mb(pid)
         inside.clear()
@@ -387,16 +422,75 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             await sequential(sidecar_round(first, inside), args.rounds, args.gap_ms / 1000)
         )
         side |= summary([ms / 1000 for ms in inside], "_inside")
+        # The unit: a bare health Check over TCP loopback against the same sidecar.
         side |= summary(await health_checks(address, 10, args.rounds), "_grpc_floor")
+        if target != address:
+            side |= summary(await health_checks(target, 10, args.rounds), "_grpc_floor_target")
         started = [await children.start(config_doc(broker.port, c)) for c in codes[1:]]
-        await asyncio.gather(*(health_checks(a, 60) for a, _ in started))
-        clients = [first] + [await stack.enter_async_context(GatewayClient(a)) for a, _ in started]
-        pids["sidecars"] = [pid] + [p for _, p in started]
+        await asyncio.gather(*(health_checks(a, 60) for a, _, _ in started))
+        clients = [first]
+        clients += [await stack.enter_async_context(GatewayClient(t)) for _, _, t in started]
+        pids["sidecars"] = [pid] + [p for _, p, _ in started]
         rounds = [sidecar_round(c, []) for c in clients]
         r["sidecar"] = side | await in_flight(rounds, args.rounds, args.warmup, pids)
         if sink is not None:
             r["telemetry"] = await telemetry(children, stack, sink, broker.port, args)
+        if args.compare_env or args.compare_tree or args.compare_transport:
+            r["compare"] = await compare(children, stack, broker.port, args)
     return r
+
+
+async def compare(
+    children: Children, stack: contextlib.AsyncExitStack, port: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """A/B: sequential Detects alternating between sidecar A (as the main phases) and B
+    (``--compare-env``, ``--compare-tree``, ``--compare-transport``), so noise hits both."""
+    b_env = os.environ | dict(args.compare_env)
+    started = {
+        "a": await children.start(config_doc(port, COMPARE_TABLES["a"])),
+        "b": await children.start(
+            config_doc(port, COMPARE_TABLES["b"]),
+            b_env,
+            transport=args.compare_transport,
+            tree=args.compare_tree,
+        ),
+    }
+    await asyncio.gather(*(health_checks(a, 10) for a, _, _ in started.values()))
+    ones: dict[str, Round] = {}
+    for k, (_, _, target) in started.items():
+        ones[k] = sidecar_round(await stack.enter_async_context(GatewayClient(target)), [])
+    await interleaved(ones, args.warmup)
+    cpu0 = {k: cpu_s([pid]) for k, (_, pid, _) in started.items()}
+    latencies = await interleaved(ones, args.rounds, args.gap_ms / 1000)
+    r: dict[str, Any] = {}
+    for k, (_, pid, _) in started.items():
+        r[k] = summary(latencies[k]) | {
+            "cpu_ms_per_round": (cpu_s([pid]) - cpu0[k]) * 1000 / args.rounds
+        }
+    floors = {
+        k: summary(await health_checks(t, 10, args.rounds)) for k, (_, _, t) in started.items()
+    }
+    for k, f in floors.items():
+        r[k] |= {"p50_grpc_floor": f["p50"], "p99_grpc_floor": f["p99"]}
+    return r
+
+
+def report_compare(r: dict[str, Any]) -> None:
+    x = r["compare"]
+    what = {"env": r.get("compare_env"), "tree": r.get("compare_tree"),
+            "transport": r.get("compare_transport")}  # fmt: skip
+    b_is = ", ".join(f"{k} {v}" for k, v in what.items() if v)
+    print(f"A/B, rounds alternating: A as the main phases, B {b_is}")
+    for k in ("a", "b"):
+        y = x[k]
+        print(
+            f"  {k.upper()}: p50 {y['p50']:.3f} / p99 {y['p99']:.3f} ms, CPU "
+            f"{y['cpu_ms_per_round']:.2f} ms/round, its floor p50 {y['p50_grpc_floor']:.3f} / "
+            f"p99 {y['p99_grpc_floor']:.3f} ms"
+        )
+    print(
+        f"  B/A p50 {x['b']['p50'] / x['a']['p50']:.3f}x, p99 {x['b']['p99'] / x['a']['p99']:.3f}x"
+    )
 
 
 async def telemetry(
@@ -413,18 +507,18 @@ async def telemetry(
     started = {
         k: await children.start(config_doc(port, TELEMETRY_TABLES[k]), envs[k]) for k in envs
     }
-    await asyncio.gather(*(health_checks(a, 10) for a, _ in started.values()))
+    await asyncio.gather(*(health_checks(a, 10) for a, _, _ in started.values()))
     inside = {k: list[float]() for k in started}
     ones: dict[str, Round] = {}
-    for k, (address, _) in started.items():
-        ones[k] = sidecar_round(await stack.enter_async_context(GatewayClient(address)), inside[k])
+    for k, (_, _, target) in started.items():
+        ones[k] = sidecar_round(await stack.enter_async_context(GatewayClient(target)), inside[k])
     await interleaved(ones, args.warmup)
-    cpu0 = {k: cpu_s([pid]) for k, (_, pid) in started.items()}
+    cpu0 = {k: cpu_s([pid]) for k, (_, pid, _) in started.items()}
     for values in inside.values():
         values.clear()
     latencies = await interleaved(ones, args.rounds, args.gap_ms / 1000)
     r: dict[str, Any] = {"tables": TELEMETRY_TABLES}
-    for k, (_, pid) in started.items():
+    for k, (_, pid, _) in started.items():
         cpu = (cpu_s([pid]) - cpu0[k]) * 1000 / args.rounds
         r[k] = summary(latencies[k]) | summary([ms / 1000 for ms in inside[k]], "_inside")
         r[k] |= {"cpu_ms_per_round": cpu, "rss_mb": rss_mb(pid)}
@@ -446,11 +540,15 @@ Verdict = tuple[str, str, str, str, str, bool | None]  # None: no target, shown 
 def verdicts(r: dict[str, Any]) -> list[Verdict]:
     b, s, t = r["baseline"], r["sidecar"], TARGETS
     add50, add99, ratio = s["p50"] - b["p50"], s["p99"] - b["p99"], s["rps"] / b["rps"]
+    rt50, rt99 = added_round_trips(r)
+    unit = f"{s['p50_grpc_floor']:.3f}"
     return [
-        ("sequential p50 (ms)", f"{b['p50']:.3f}", f"{s['p50']:.3f}", f"{add50:+.3f}",
-         f"added <= {t['p50']}", add50 <= t["p50"]),
-        ("sequential p99 (ms)", f"{b['p99']:.3f}", f"{s['p99']:.3f}", f"{add99:+.3f}",
-         f"added <= {t['p99']}", add99 <= t["p99"]),
+        ("sequential p50 (ms)", f"{b['p50']:.3f}", f"{s['p50']:.3f}", f"{add50:+.3f}", "", None),
+        ("sequential p99 (ms)", f"{b['p99']:.3f}", f"{s['p99']:.3f}", f"{add99:+.3f}", "", None),
+        ("added p50 (bare gRPC round trips)", unit, "", f"{rt50:.2f}", f"<= {t['p50']}",
+         rt50 <= t["p50"]),
+        ("added p99 (bare gRPC round trips)", unit, "", f"{rt99:.2f}", f"<= {t['p99']}",
+         rt99 <= t["p99"]),
         (f"throughput, {r['concurrency']} in flight (rps)", f"{b['rps']:.0f}", f"{s['rps']:.0f}",
          f"{ratio:.2f}x", f">= {t['ratio']}x", ratio >= t["ratio"]),
         ("sidecar RSS after warm-up (MB)", "", f"{s['rss_mb']:.1f}", "", f"<= {t['rss_mb']:.0f}",
@@ -458,6 +556,13 @@ def verdicts(r: dict[str, Any]) -> list[Verdict]:
         ("sidecar start-to-SERVING (s)", "", f"{s['serving_s']:.3f}", "",
          f"<= {t['serving_s']}", s["serving_s"] <= t["serving_s"]),
     ] + (telemetry_verdicts(r["telemetry"]) if "telemetry" in r else [])  # fmt: skip
+
+
+def added_round_trips(r: dict[str, Any]) -> tuple[float, float]:
+    """Added p50 and p99 over the baseline, in bare gRPC round trips (TCP health Check p50)."""
+    b, s = r["baseline"], r["sidecar"]
+    unit = s["p50_grpc_floor"]
+    return (s["p50"] - b["p50"]) / unit, (s["p99"] - b["p99"]) / unit
 
 
 def telemetry_verdicts(x: dict[str, Any]) -> list[Verdict]:
@@ -472,10 +577,15 @@ def telemetry_verdicts(x: dict[str, Any]) -> list[Verdict]:
 
 
 def report(r: dict[str, Any]) -> None:
+    if "sidecar" not in r:  # --only-compare
+        report_compare(r)
+        return
     m, b, s = r["machine"], r["baseline"], r["sidecar"]
     print(f"machine: nproc={m['nproc']}, Python {m['python']}, {m['cpu']}, load {m['load_1m']:.2f}")
     print(
-        f"{r['rounds']} rounds after {r['warmup']} warm-up; one broker and one simulator for "
+        f"game -> sidecar over {r['transport']}"
+        + (f", sidecar env {r['sidecar_env']}" if r["sidecar_env"] else "")
+        + f"; {r['rounds']} rounds after {r['warmup']} warm-up; one broker and one simulator for "
         f"both. In flight: {r['concurrency']} tables {r['tables']}\n(one IDP detection per "
         "table): one MQTT client per table vs one `gateway serve` process per table."
     )
@@ -489,6 +599,17 @@ def report(r: dict[str, Any]) -> None:
         f"detect->answer\n(elapsed_ms) p50 {s['p50_inside']:.3f} / p99 {s['p99_inside']:.3f} "
         f"ms vs the baseline's p50 {b['p50']:.3f} / p99 {b['p99']:.3f} ms"
     )
+    if "p50_grpc_floor_target" in s:
+        print(
+            f"gRPC floor over {r['transport']} (the game's target): p50 "
+            f"{s['p50_grpc_floor_target']:.3f} / p99 {s['p99_grpc_floor_target']:.3f} ms"
+        )
+    print(
+        f"added in bare gRPC round trips (unit: TCP floor p50 {s['p50_grpc_floor']:.3f} ms): "
+        f"p50 {added_round_trips(r)[0]:.2f}, p99 {added_round_trips(r)[1]:.2f}; "
+        f"added p99 / floor p99: {(s['p99'] - b['p99']) / s['p99_grpc_floor']:.2f}; "
+        f"{r['concurrency']} in flight: {s['rps'] / b['rps']:.2f}x direct"
+    )
     print(
         f"max sequential: baseline {b['max']:.2f}, sidecar {s['max']:.2f} ms; in flight p50/p99:"
         f" baseline {b['p50_load']:.1f}/{b['p99_load']:.1f}, sidecar "
@@ -499,6 +620,8 @@ def report(r: dict[str, Any]) -> None:
         print(f"CPU ms per round in flight, {who}: {cpu}")
     if "telemetry" in r:
         report_telemetry(r["telemetry"])
+    if "compare" in r:
+        report_compare(r)
 
 
 def report_telemetry(x: dict[str, Any]) -> None:
@@ -529,6 +652,37 @@ def main() -> int:
     p.add_argument(
         "--skip-telemetry", action="store_true", help="leave out the telemetry off/on phase"
     )
+    p.add_argument(
+        "--transport",
+        choices=("tcp", "unix"),
+        default="tcp",
+        help="how the game reaches its sidecar: TCP loopback or a Unix socket (--listen-unix)",
+    )
+    p.add_argument(
+        "--sidecar-env",
+        action="append",
+        type=lambda kv: tuple(kv.split("=", 1)),
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for every sidecar (repeatable), to measure a setting",
+    )
+    p.add_argument(
+        "--compare-env",
+        action="append",
+        type=lambda kv: tuple(kv.split("=", 1)),
+        default=[],
+        metavar="KEY=VALUE",
+        help="A/B phase: sidecar B gets this environment too (repeatable)",
+    )
+    p.add_argument(
+        "--compare-tree", metavar="DIR", help="A/B phase: sidecar B runs the code in DIR"
+    )
+    p.add_argument(
+        "--compare-transport",
+        choices=("tcp", "unix"),
+        help="A/B phase: the game reaches sidecar B over this transport",
+    )
+    p.add_argument("--only-compare", action="store_true", help="run the A/B phase alone")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--simulate", nargs="+", help=argparse.SUPPRESS)  # PORT CODE...: the child
     args = p.parse_args()
@@ -544,7 +698,7 @@ def main() -> int:
         result,
         as_json=args.json,
         report=report,
-        passed=lambda r: all(v[-1] is not False for v in verdicts(r)),
+        passed=lambda r: "sidecar" not in r or all(v[-1] is not False for v in verdicts(r)),
     )
 
 

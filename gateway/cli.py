@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -34,6 +35,9 @@ from gateway.v1 import gateway_pb2 as pb
 
 log = logging.getLogger("gateway")
 
+EVENT_LOOP_ENV = "GATEWAY_EVENT_LOOP"
+EVENT_LOOPS = ("asyncio", "uvloop")
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``gateway`` command's arguments: serve, detect, health, shake, sim, demo."""
@@ -54,9 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, metavar="FILE", help="table config (JSON)")
     p.add_argument("--listen", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
     p.add_argument(
+        "--listen-unix",
+        metavar="PATH",
+        help="also serve on a Unix socket at PATH, for a game in the same pod "
+        "(GATEWAY_TARGET=unix:PATH); off by default",
+    )
+    p.add_argument(
         "--health-listen",
         metavar="HOST:PORT",
         help="also serve grpc.health.v1 alone on HOST:PORT, for kubelet probes (off by default)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=os.environ.get(EVENT_LOOP_ENV, "asyncio"),
+        help=f"asyncio's own loop or uvloop (if installed); default ${EVENT_LOOP_ENV} or asyncio",
     )
     store = p.add_mutually_exclusive_group()
     store.add_argument(
@@ -77,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("detect", help="call Detect on a sidecar and print the result")
-    p.add_argument("--target", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
+    p.add_argument("--target", default=DEFAULT_ADDRESS, metavar="HOST:PORT|unix:PATH")
     p.add_argument("--round-id", required=True)
     p.add_argument("--input", default="", metavar="URL", help="camera stream (default: config)")
     p.add_argument("--output", default="", metavar="URL", help="annotated stream (SicBo)")
@@ -85,13 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the response as JSON")
 
     p = sub.add_parser("shake", help="shake a SicBo table's dice through its sidecar")
-    p.add_argument("--target", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
+    p.add_argument("--target", default=DEFAULT_ADDRESS, metavar="HOST:PORT|unix:PATH")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="cycle (9.59)")
     p.add_argument("--amplitude", type=float, default=None, help="0 < A <= 1 (0.41)")
     p.add_argument("--deadline", type=float, default=None, metavar="S", help="gRPC deadline")
 
     p = sub.add_parser("health", help="print a sidecar's Health")
-    p.add_argument("--target", default=DEFAULT_ADDRESS, metavar="HOST:PORT")
+    p.add_argument("--target", default=DEFAULT_ADDRESS, metavar="HOST:PORT|unix:PATH")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
     p.add_argument(
         "--fleet", action="store_true", help="also every live sidecar of its broker group"
@@ -117,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     level = args.log_level or ("WARNING" if args.command == "demo" else "INFO")
     configure_logging(level, args.log_format)
     try:
+        if args.command == "serve":
+            use_event_loop(args.event_loop)
         return asyncio.run(_dispatch(args))
     except KeyboardInterrupt:
         return 130
@@ -142,6 +160,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 config_path=args.config,
                 config_adjust=adjust,
                 health_listen=args.health_listen,
+                listen_unix=args.listen_unix,
             )
         except OSError as exc:
             print(f"gateway: {exc}", file=sys.stderr)
@@ -160,6 +179,18 @@ async def _dispatch(args: argparse.Namespace) -> int:
     from gateway.devtools.demo import run_demo
 
     return await run_demo(first_port=args.port, once=args.once)
+
+
+def use_event_loop(name: str) -> None:
+    """Make ``asyncio.run`` use ``name``'s event loop: ``asyncio`` (the standard one) or
+    ``uvloop``, which must be installed (ConfigError otherwise)."""
+    if name == "asyncio":
+        return
+    try:
+        import uvloop
+    except ImportError as exc:
+        raise ConfigError(f"--event-loop {name}: uvloop is not installed") from exc
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _redis_override(args: argparse.Namespace) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,6 +60,7 @@ class Sidecar:
         *,
         listen: str = DEFAULT_LISTEN,
         health_listen: str | None = None,
+        listen_unix: str | None = None,
         instance_id: str | None = None,
         elector: Elector | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor[object, object]] = (),
@@ -68,6 +70,7 @@ class Sidecar:
         self.instance_id = instance_id or make_instance_id(config.table.code)
         self._listen = listen
         self._health_listen = health_listen
+        self._listen_unix = listen_unix
         self._interceptors = list(interceptors)
         self._parts = parts = Parts(
             config,
@@ -121,6 +124,8 @@ class Sidecar:
         reflection.enable_server_reflection(names, server)
         await self.readiness.start()
         self.port = _bind(server, self._listen)
+        if self._listen_unix is not None:
+            _bind_unix(server, self._listen_unix)
         if self._health_listen is not None:
             # Health alone on a second address: kubelet probes reach the pod IP, while
             # Detect stays on the loopback address the game calls.
@@ -149,6 +154,11 @@ class Sidecar:
     def snapshot(self) -> SidecarStats:
         """This sidecar's statistics right now."""
         return self._parts.snapshot()
+
+    @property
+    def unix_target(self) -> str | None:
+        """The gRPC target of the Unix socket listener (``unix:PATH``), if there is one."""
+        return None if self._listen_unix is None else f"unix:{self._listen_unix}"
 
     @property
     def address(self) -> str:
@@ -210,6 +220,15 @@ def _bind(server: grpc.aio.Server, address: str) -> int:
     return port
 
 
+def _bind_unix(server: grpc.aio.Server, path: str) -> None:
+    """Listen on a Unix socket too: the game in the same pod reaches it through a shared
+    volume, without the TCP stack. gRPC replaces a socket a previous run left behind."""
+    _bind(server, f"unix:{path}")
+    # The game's container may run as another user: connecting needs write permission.
+    # Who can reach the socket at all is decided by who mounts its directory.
+    os.chmod(path, 0o666)
+
+
 async def serve(
     config: GatewayConfig,
     listen: str = DEFAULT_LISTEN,
@@ -217,6 +236,7 @@ async def serve(
     config_path: str | None = None,
     config_adjust: Callable[[GatewayConfig], GatewayConfig] | None = None,
     health_listen: str | None = None,
+    listen_unix: str | None = None,
 ) -> None:
     """Run a sidecar until SIGTERM/SIGINT; raise if a loop crashes."""
     stop = asyncio.Event()
@@ -227,6 +247,7 @@ async def serve(
         config,
         listen=listen,
         health_listen=health_listen,
+        listen_unix=listen_unix,
         interceptors=interceptors,
         config_path=config_path,
         config_adjust=config_adjust,

@@ -3,6 +3,10 @@
 The desk decides *what* to tell the IDP (``detect`` for a round, ``timeout`` when its
 last caller leaves); this module owns getting it there. Commands leave one at a time,
 in order, so a round's ``timeout`` always goes out before the next round's ``detect``.
+A ``timeout`` is handed to the broker link in order but its PUBACK is awaited on the
+side: the next round's ``detect`` follows it on the same connection at once instead of
+a broker round trip later (MQTT delivers one client's QoS 1 messages on a topic in
+order; a ``timeout`` a broker never acknowledged is repaired by ``late_commands``).
 A ``detect`` that finds no broker is retried ``retry_count`` times, each retry as soon
 as a broker is active again (or after ``retry_delay_s``); if it never gets out, the
 round fails with ``NoBrokerAvailable`` instead of waiting for a deadline. One command
@@ -68,6 +72,7 @@ class CommandQueue:
         self._published = published
         self._queue: asyncio.Queue[Command] = asyncio.Queue()
         self._decision_changed = asyncio.Event()
+        self._acks: set[asyncio.Task[None]] = set()  # timeouts waiting for their PUBACK
 
     def put(self, kind: CommandKind, rnd: Round) -> None:
         """Queue a command for ``rnd``; it leaves after every command queued before it."""
@@ -79,21 +84,44 @@ class CommandQueue:
 
     async def run(self) -> None:
         """Publish queued commands in order, until cancelled."""
-        while True:
-            raise_if_cancelled()
-            command = await self._queue.get()
-            try:
-                await self._execute(command)
-            except Exception as exc:  # one command fails, never the queue behind it
-                log.exception("round %s: %s command failed", command.round.round_id, command.kind)
-                rnd = command.round
-                if command.kind == "detect" and not rnd.closed and not rnd.future.done():
-                    rnd.future.set_exception(
-                        NoBrokerAvailable(
-                            f"could not publish detect for round {rnd.round_id}: "
-                            f"{type(exc).__name__}: {exc}"
-                        )
+        try:
+            while True:
+                raise_if_cancelled()
+                command = await self._queue.get()
+                if command.kind == "timeout":
+                    await self._start_timeout(command)
+                else:
+                    await self._guarded(command)
+        finally:
+            for task in self._acks:
+                task.cancel()
+
+    async def _start_timeout(self, command: Command) -> None:
+        """Hand a ``timeout`` to the broker link, then go on without its PUBACK.
+
+        The publish runs in a task of its own; one turn of the loop lets it reach the
+        broker link, whose publish starts the hand-off to the MQTT client before it
+        awaits anything, and hand-offs run in the order they started: whatever is
+        published next goes out behind the ``timeout`` on the wire."""
+        task = asyncio.create_task(self._guarded(command), name=f"timeout {command.round.round_id}")
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+        await asyncio.sleep(0)
+
+    async def _guarded(self, command: Command) -> None:
+        """Publish one command; a failure is logged (and fails its round), never raised."""
+        try:
+            await self._execute(command)
+        except Exception as exc:  # one command fails, never the queue behind it
+            log.exception("round %s: %s command failed", command.round.round_id, command.kind)
+            rnd = command.round
+            if command.kind == "detect" and not rnd.closed and not rnd.future.done():
+                rnd.future.set_exception(
+                    NoBrokerAvailable(
+                        f"could not publish detect for round {rnd.round_id}: "
+                        f"{type(exc).__name__}: {exc}"
                     )
+                )
 
     async def _execute(self, command: Command) -> None:
         rnd = command.round

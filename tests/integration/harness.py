@@ -99,6 +99,7 @@ class Stack:
         interceptors: Sequence[Any] = (),
         config_path: str | None = None,
         health_listen: str | None = None,
+        listen_unix: str | None = None,
         **table: Any,
     ) -> None:
         self.brokers = list(brokers)
@@ -116,6 +117,7 @@ class Stack:
             self.config,
             listen="127.0.0.1:0",
             health_listen=health_listen,
+            listen_unix=listen_unix,
             interceptors=interceptors,
             config_path=config_path,
         )

@@ -326,3 +326,37 @@ async def test_demo_runs_detects_for_all_three_games() -> None:
         "ARO-001 round ARO-001-demo-1: number",
     ):
         assert marker in out
+
+
+async def test_serve_on_a_unix_socket_and_uvloop(broker: MosquittoProcess, tmp_path: Path) -> None:
+    """`gateway serve --listen-unix PATH --event-loop uvloop` answers `gateway detect
+    --target unix:PATH`, and keeps its TCP listener."""
+    pytest.importorskip("uvloop")
+    from gateway.devtools.sandbox import free_port
+
+    doc = {
+        "brokers": [{"broker": "127.0.0.1", "port": broker.port, "priority": 1}],
+        "game_config": {"game_type": "roulette", "game_code": "ARO-001", "timeout": 5},
+    }
+    path, sock, port = tmp_path / "aro.json", tmp_path / "gw.sock", free_port()
+    path.write_text(json.dumps(doc))
+    proc = await asyncio.create_subprocess_exec(
+        *gateway("serve", "--config", str(path), "--listen", f"127.0.0.1:{port}",
+                 "--listen-unix", str(sock), "--event-loop", "uvloop"),
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with Stack([broker], "roulette"):  # the simulator; its own sidecar too
+            async with asyncio.timeout(10):
+                await wait_health(f"unix:{sock}", "SERVING")
+                await wait_health(f"127.0.0.1:{port}", "SERVING")
+            code, out, err = await run(
+                *gateway("detect", "--target", f"unix:{sock}", "--round-id", "ARO-001-uds",
+                         "--input", "rtmp://192.0.2.50/live/x")
+            )  # fmt: skip
+            assert code == 0, err
+            assert f"number {expected('roulette', 'ARO-001-uds').number}" in out  # type: ignore[union-attr]
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.communicate(), 10)
+    assert proc.returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -260,6 +261,19 @@ async def test_target_from_gateway_target(
             assert system.target == s.sidecar.address and system.table_code == "BAC-001"
             ok, cards = await system.detect("BAC-001-compat-env")
             assert ok and cards == legacy_result(expected("baccarat", "BAC-001-compat-env"))
+
+
+async def test_gateway_target_may_name_a_unix_socket(
+    broker: MosquittoProcess, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """GATEWAY_TARGET=unix:PATH reaches a sidecar serving --listen-unix PATH."""
+    path = tmp_path / "gateway.sock"
+    async with Stack([broker], "baccarat", listen_unix=str(path)):
+        monkeypatch.setenv("GATEWAY_TARGET", f"unix:{path}")
+        async with CompleteMQTTSystem(GameType.BACCARAT) as system:
+            assert system.target == f"unix:{path}" and system.table_code == "BAC-001"
+            ok, cards = await system.detect("BAC-001-compat-uds")
+            assert ok and cards == legacy_result(expected("baccarat", "BAC-001-compat-uds"))
 
 
 async def test_initialize_refuses_the_wrong_sidecar(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import stat
+from pathlib import Path
 
 import grpc
 import pytest
 
+from gateway.client import GatewayClient
 from gateway.client.errors import metadata_pairs
 from gateway.devtools.sandbox import MosquittoProcess
 from gateway.protocol import RouletteNumber
@@ -251,3 +254,18 @@ async def test_the_predecessors_result_forms_are_results(broker: MosquittoProces
             frame = f'{{"response": "result", "arg": {{"round_id": "{rid}", "res": {res}}}}}'
             await s.inject(broker, frame.encode())
             assert (await call).result == RouletteNumber(int(res.strip('"')))
+
+
+async def test_detect_over_a_unix_socket(broker: MosquittoProcess, tmp_path: Path) -> None:
+    """A game in the same pod calls Detect on the sidecar's Unix socket (``unix:PATH``),
+    which any user may connect to; TCP stays open alongside."""
+    path = tmp_path / "gateway.sock"
+    async with Stack([broker], "roulette", listen_unix=str(path)) as s:
+        assert s.sidecar.unix_target == f"unix:{path}"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666
+        async with GatewayClient(f"unix:{path}") as game:
+            d = await game.detect("ARO-001-uds", deadline_s=5)
+            assert d.result == expected("roulette", "ARO-001-uds")
+            assert (await game.health()).table_code == "ARO-001"
+        assert (await s.client.detect("ARO-001-tcp", deadline_s=5)).round_id == "ARO-001-tcp"
+    assert not path.exists()  # the server removes its socket when it stops

@@ -189,3 +189,37 @@ async def test_a_round_whose_answer_came_while_its_broker_was_away_is_published_
             assert d.result == expected("roulette", rid)
             detects = [c["arg"]["round_id"] for c in s.commands("detect")]
             assert detects == [rid, rid]
+
+
+async def test_next_detect_goes_out_while_the_last_timeout_awaits_its_puback(
+    broker: MosquittoProcess,
+) -> None:
+    """Round 2's detect leaves behind round 1's timeout without waiting for its PUBACK:
+    with every PUBACK held back, round 2 is answered, and the IDP got detect, timeout,
+    detect in that order."""
+    async with MqttFaultProxy(broker.host, broker.port) as proxy:
+        slow = {"keepalive_s": 10, "operation_timeout_s": 4, "probe_timeout_s": 4}
+        config = make_config([broker], "roulette", ports={"b1": proxy.port}, failover=slow)
+        async with Stack([broker], "roulette", config=config, sim_brokers=[broker]) as s:
+            s.behave(delay_s=0.3)
+            first = asyncio.create_task(s.client.detect("ARO-001-one", deadline_s=5))
+            await s.sim.wait_for_command(s.code, "detect", timeout=2)
+            # The detect's own PUBACK is back (the round is marked published) ...
+            desk = s.sidecar.desk
+            await until(lambda: desk._current is not None and desk._current.publishes == 1,
+                        2, "detect acknowledged")  # fmt: skip
+            proxy.stall_acks()  # ... and from now on no PUBACK reaches the sidecar
+            s.behave(delay_s=0)
+            assert (await first).result == expected("roulette", "ARO-001-one")
+            # The old queue waited up to operation_timeout_s (4 s) for the timeout's PUBACK
+            # before this detect: past this call's deadline.
+            second = await s.client.detect("ARO-001-two", deadline_s=2)
+            assert second.result == expected("roulette", "ARO-001-two")
+            assert proxy.mode.value == "stall_acks" and proxy.dropped_pubacks >= 2
+            sent = [(c.command, c.payload["arg"].get("round_id")) for c in s.sim.commands]
+            assert sent[:3] == [
+                ("detect", "ARO-001-one"),
+                ("timeout", None),
+                ("detect", "ARO-001-two"),
+            ]
+            proxy.heal()
