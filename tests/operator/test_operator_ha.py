@@ -7,6 +7,7 @@ the API server rather than from a watch it does not run.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from pathlib import Path
@@ -137,3 +138,35 @@ def _now() -> float:
     import time
 
     return time.monotonic()
+
+
+async def test_namespaced_replicas_elect_in_their_namespace(tmp_path: Path) -> None:
+    """As production runs it: a namespaced operator (no namespace listing, no scanning)
+    elects through the KopfPeering in its namespace and reconciles there."""
+    env = {"GATEWAY_OPERATOR_PEERING": PEERING, "GATEWAY_OPERATOR_NAMESPACES": "t-mine",
+           "GATEWAY_OPERATOR_PEERING_LIFETIME_S": str(LIFETIME_S)}  # fmt: skip
+    async with RedisProcess() as redis, kube_api(tmp_path) as cluster:
+        await cluster.create_peering(PEERING, namespace="t-mine")
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        async with (
+            operator(tmp_path / "a", cluster, redis.url, cli=True, **env) as a,
+            operator(tmp_path / "b", cluster, redis.url, cli=True, **env) as b,
+        ):
+            await cluster.create_gametable("t-mine", gametable("aro-201", "ARO-201"))
+
+            async def rendered() -> bool:
+                return await cluster.configmap("t-mine", "aro-201-gateway") is not None
+
+            await eventually(rendered, 15, "one of the replicas reconciles")
+
+            async def namespaced_peers() -> bool:
+                status, body = await cluster.request(
+                    "GET", f"/apis/kopf.dev/v1/namespaces/t-mine/kopfpeerings/{PEERING}"
+                )
+                live = [p for p in ((body or {}).get("status") or {}).values() if p]
+                return status == 200 and len(live) == 2
+
+            await eventually(namespaced_peers, 10, "both replicas in the namespace's peering")
+            await asyncio.sleep(1.5)  # a status period: only the leader refreshes
+            assert reconciled(a, "aro-201") != reconciled(b, "aro-201")
