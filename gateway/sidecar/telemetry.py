@@ -29,7 +29,6 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from opentelemetry import metrics, trace
-from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 from opentelemetry.sdk.metrics import Histogram, MeterProvider
 from opentelemetry.sdk.metrics.export import (
     ConsoleMetricExporter,
@@ -44,6 +43,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 
 from gateway.errors import ConfigError
 from gateway.redact import RedactingFilter
+from gateway.sidecar.server_spans import ServerSpans
+from gateway.sidecar.server_spans import is_traced_rpc as is_traced_rpc
 
 if TYPE_CHECKING:
     import prometheus_client
@@ -334,24 +335,6 @@ def _parse_listen(value: str) -> tuple[str, int]:
 # --- gRPC ---------------------------------------------------------------------------------
 
 
-def is_traced_rpc(handler_call_details: grpc.HandlerCallDetails) -> bool:
-    """True for the RPCs that get a server span: Detect and GetStats.
-
-    Not the health checks (``grpc.health.v1`` and our own ``Health``, polled by probes
-    and dashboards all day), nor server reflection (grpcurl).
-    """
-    return _TRACED(handler_call_details)
-
-
-_TRACED: Callable[[grpc.HandlerCallDetails], bool] = filters.negate(
-    filters.any_of(
-        filters.health_check(),
-        filters.full_method_name("/gateway.v1.GatewayService/Health"),
-        filters.service_prefix("grpc.reflection."),
-    )
-)
-
-
 def grpc_server_interceptors(
     tracer_provider: trace.TracerProvider | None = None,
 ) -> list[grpc.aio.ServerInterceptor[object, object]]:
@@ -359,8 +342,4 @@ def grpc_server_interceptors(
 
     ``tracer_provider`` defaults to the global one, looked up when the interceptor is made.
     """
-    # The instrumentation package is untyped; it returns a grpc.aio.ServerInterceptor.
-    interceptor: grpc.aio.ServerInterceptor[object, object] = aio_server_interceptor(  # type: ignore[no-untyped-call]
-        tracer_provider=tracer_provider, filter_=is_traced_rpc
-    )
-    return [interceptor]
+    return [ServerSpans(tracer_provider)]

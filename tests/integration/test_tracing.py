@@ -110,3 +110,35 @@ async def test_trace_context_rides_in_the_command_only_when_asked(
         ]
         traceparent = s.commands("detect")[0]["trace"]["traceparent"]
         assert traceparent.split("-")[1] == f"{server.context.trace_id:032x}"
+
+
+async def test_the_callers_trace_is_the_parent_and_rpc_attributes_follow_the_conventions(
+    broker: MosquittoProcess, spans: InMemorySpanExporter
+) -> None:
+    """A traceparent in the call's metadata makes the server span its child; the span has
+    the rpc.* attributes; a caller's bad argument is not a server error, a timeout is."""
+    from gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    metadata = (("traceparent", f"00-{trace_id}-{parent_id}-01"),)
+    async with (
+        Stack([broker], "roulette", interceptors=grpc_server_interceptors()) as s,
+        grpc.aio.insecure_channel(s.sidecar.address) as channel,
+    ):
+        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        request = gateway_pb2.DetectRequest(round_id="ARO-001-parented")
+        await stub.Detect(request, metadata=metadata, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Detect(gateway_pb2.DetectRequest(round_id=""), timeout=5)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    ok, bad = by_name(spans, "/gateway.v1.GatewayService/Detect")
+    assert ok.kind is trace.SpanKind.SERVER
+    assert f"{ok.context.trace_id:032x}" == trace_id
+    assert ok.parent is not None and f"{ok.parent.span_id:016x}" == parent_id
+    attrs = dict(ok.attributes or {})
+    assert attrs["rpc.system"] == "grpc" and attrs["rpc.service"] == "gateway.v1.GatewayService"
+    assert attrs["rpc.method"] == "Detect" and attrs["rpc.grpc.status_code"] == 0
+    assert ok.status.status_code is StatusCode.UNSET
+    assert dict(bad.attributes or {})["rpc.grpc.status_code"] == 3  # INVALID_ARGUMENT
+    assert bad.status.status_code is StatusCode.UNSET  # the caller's mistake, not the server's
+    assert f"{bad.context.trace_id:032x}" != trace_id  # no traceparent: a trace of its own
