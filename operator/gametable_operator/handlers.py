@@ -112,6 +112,7 @@ async def configure(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: A
         settings.peering.priority = startup_priority()
         settings.peering.lifetime = cfg.peering_lifetime_s
         settings.peering.stealth = True  # no log line per keep-alive
+        await _check_peering(cfg, logger)
     if cfg.namespaces:
         # Serve exactly the listed namespaces; listing them would need a cluster-wide grant,
         # and kopf retries a refused list with backoff (over a minute) before going on.
@@ -145,6 +146,22 @@ def startup_priority(now_s: float | None = None) -> int:
     """
     started_ms = int((time.time() if now_s is None else now_s) * 1000)
     return -(started_ms * 1000 + random.randrange(1000))
+
+
+async def _check_peering(cfg: settings_mod.OperatorSettings, logger: kopf.Logger) -> None:
+    """Say so when a peering object is missing: kopf then pauses every replica, silently."""
+    for namespace in cfg.namespaces or (None,):
+        kind = f"KopfPeering {namespace}/" if namespace else "ClusterKopfPeering "
+        try:
+            if not await _api().peering_exists(cfg.peering, namespace):
+                logger.warning(
+                    "no %s%s: the operator stays paused until it exists (the Helm chart "
+                    "creates it)",
+                    kind,
+                    cfg.peering,
+                )
+        except ApiError as exc:
+            logger.warning("cannot read %s%s: %s", kind, cfg.peering, exc)
 
 
 @kopf.on.login()

@@ -16,7 +16,7 @@ import httpx2
 import lightkube
 from lightkube.config.kubeconfig import KubeConfig
 from lightkube.core.exceptions import ConfigError as LightkubeConfigError
-from lightkube.generic_resource import create_namespaced_resource
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.core_v1 import ConfigMap
 
 from gametable_operator.render import GROUP, VERSION
@@ -25,6 +25,10 @@ FIELD_MANAGER = "gateway-operator"
 TIMEOUT_S = 10.0
 
 GameTable = create_namespaced_resource(GROUP, VERSION, "GameTable", "gametables")
+KopfPeering = create_namespaced_resource("kopf.dev", "v1", "KopfPeering", "kopfpeerings")
+ClusterKopfPeering = create_global_resource(
+    "kopf.dev", "v1", "ClusterKopfPeering", "clusterkopfpeerings"
+)
 
 
 class ApiError(Exception):
@@ -86,6 +90,23 @@ class KubeApi:
         except (httpx2.HTTPError, OSError) as exc:
             raise ApiError(0, "Unreachable", f"{where}: {exc!r}") from exc
         return dict(found.to_dict())  # type: ignore[no-untyped-call]
+
+    async def peering_exists(self, name: str, namespace: str | None) -> bool:
+        """Whether kopf's peering object is there (a KopfPeering, or cluster-wide without
+        ``namespace``); without it every replica of a peered operator stays paused."""
+        where = f"GET peering {namespace or 'cluster-wide'}/{name}"
+        try:
+            if namespace is None:
+                await self._open().get(ClusterKopfPeering, name)
+            else:
+                await self._open().get(KopfPeering, name, namespace=namespace)
+        except httpx2.HTTPStatusError as exc:
+            if exc.response.status_code == 404:
+                return False
+            raise _refused(where, exc) from exc
+        except (httpx2.HTTPError, OSError) as exc:
+            raise ApiError(0, "Unreachable", f"{where}: {exc!r}") from exc
+        return True
 
     async def apply_configmap(self, body: Mapping[str, Any], *, force: bool) -> dict[str, Any]:
         """Server-side apply ``body`` as the operator's field manager; the stored object.

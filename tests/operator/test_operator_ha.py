@@ -170,3 +170,30 @@ async def test_namespaced_replicas_elect_in_their_namespace(tmp_path: Path) -> N
             await eventually(namespaced_peers, 10, "both replicas in the namespace's peering")
             await asyncio.sleep(1.5)  # a status period: only the leader refreshes
             assert reconciled(a, "aro-201") != reconciled(b, "aro-201")
+
+
+async def test_a_missing_peering_object_is_reported_and_waited_for(tmp_path: Path) -> None:
+    """Without its peering object the operator says so and does nothing; once the object
+    is created it takes the lead and reconciles."""
+    env = {"GATEWAY_OPERATOR_PEERING": PEERING,
+           "GATEWAY_OPERATOR_PEERING_LIFETIME_S": str(LIFETIME_S)}  # fmt: skip
+    async with (
+        RedisProcess() as redis,
+        kube_api(tmp_path) as cluster,
+        operator(tmp_path, cluster, redis.url, cli=True, **env) as op,
+    ):
+
+        async def warned() -> bool:
+            return bool(op.lines(f"no ClusterKopfPeering {PEERING}: the operator stays paused"))
+
+        await eventually(warned, 10, "the missing peering object is reported")
+        await cluster.create_gametable("t-wait", gametable("aro-301", "ARO-301"))
+        await asyncio.sleep(2)  # kopf would have reconciled by now if it were not paused
+        assert await cluster.configmap("t-wait", "aro-301-gateway") is None
+        await cluster.create_peering(PEERING)
+        await eventually(lambda: rendered_in(cluster, "t-wait", "aro-301"), 15, "resumed")
+
+
+async def rendered_in(cluster: Cluster, ns: str, name: str) -> bool:
+    """Whether the GameTable's ConfigMap exists."""
+    return await cluster.configmap(ns, f"{name}-gateway") is not None
