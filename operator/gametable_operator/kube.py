@@ -67,9 +67,31 @@ class KubeApi:
 
     async def get_configmap(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The ConfigMap, or None if there is none of that name."""
-        where = f"GET ConfigMap {namespace}/{name}"
+        return await self._get(ConfigMap, "ConfigMap", name, namespace)
+
+    async def get_gametable(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The GameTable, or None if there is none of that name."""
+        return await self._get(GameTable, "GameTable", name, namespace)
+
+    async def peering_exists(self, name: str, namespace: str | None) -> bool:
+        """Whether kopf's peering object is there (a KopfPeering, or cluster-wide without
+        ``namespace``); without it every replica of a peered operator stays paused."""
+        if namespace is None:
+            found = await self._get(ClusterKopfPeering, "ClusterKopfPeering", name, None)
+        else:
+            found = await self._get(KopfPeering, "KopfPeering", name, namespace)
+        return found is not None
+
+    async def _get(
+        self, resource: Any, kind: str, name: str, namespace: str | None
+    ) -> dict[str, Any] | None:
+        """One object as a dict; None for 404; ApiError for any other failure."""
+        where = f"GET {kind} {namespace + '/' if namespace else ''}{name}"
         try:
-            found = await self._open().get(ConfigMap, name, namespace=namespace)
+            if namespace is None:
+                found = await self._open().get(resource, name)
+            else:
+                found = await self._open().get(resource, name, namespace=namespace)
         except httpx2.HTTPStatusError as exc:
             if exc.response.status_code == 404:
                 return None
@@ -77,36 +99,6 @@ class KubeApi:
         except (httpx2.HTTPError, OSError) as exc:
             raise ApiError(0, "Unreachable", f"{where}: {exc!r}") from exc
         return dict(found.to_dict())
-
-    async def get_gametable(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The GameTable, or None if there is none of that name."""
-        where = f"GET GameTable {namespace}/{name}"
-        try:
-            found = await self._open().get(GameTable, name, namespace=namespace)
-        except httpx2.HTTPStatusError as exc:
-            if exc.response.status_code == 404:
-                return None
-            raise _refused(where, exc) from exc
-        except (httpx2.HTTPError, OSError) as exc:
-            raise ApiError(0, "Unreachable", f"{where}: {exc!r}") from exc
-        return dict(found.to_dict())  # type: ignore[no-untyped-call]
-
-    async def peering_exists(self, name: str, namespace: str | None) -> bool:
-        """Whether kopf's peering object is there (a KopfPeering, or cluster-wide without
-        ``namespace``); without it every replica of a peered operator stays paused."""
-        where = f"GET peering {namespace or 'cluster-wide'}/{name}"
-        try:
-            if namespace is None:
-                await self._open().get(ClusterKopfPeering, name)
-            else:
-                await self._open().get(KopfPeering, name, namespace=namespace)
-        except httpx2.HTTPStatusError as exc:
-            if exc.response.status_code == 404:
-                return False
-            raise _refused(where, exc) from exc
-        except (httpx2.HTTPError, OSError) as exc:
-            raise ApiError(0, "Unreachable", f"{where}: {exc!r}") from exc
-        return True
 
     async def apply_configmap(self, body: Mapping[str, Any], *, force: bool) -> dict[str, Any]:
         """Server-side apply ``body`` as the operator's field manager; the stored object.
